@@ -1,0 +1,134 @@
+//! The command line: flags resolved into validated settings, errors mapped to
+//! exit codes (0 success, 1 some records failed, 2 usage/config/connection).
+
+mod backfill;
+mod state;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lfx-sync",
+    version,
+    about = "Keeps LFX One fed with data from LFX v1"
+)]
+struct Cli {
+    #[command(flatten)]
+    logging: LoggingArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy v1 tables into the v1-objects bucket (full or incremental).
+    Backfill(backfill::BackfillArgs),
+    /// Inspect and edit stored bookmarks.
+    State(state::StateArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoggingArgs {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "LFX_SYNC_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long, global = true, default_value = "info", env = "LFX_SYNC_LOG")]
+    log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where a run's state lives; shared by every command that touches bookmarks.
+#[derive(Debug, Args, Clone)]
+pub struct StateLocation {
+    /// State backend URI: file:///path or a plain path.
+    #[arg(
+        long = "state",
+        env = "LFX_SYNC_STATE",
+        default_value = "file://.lfx-sync/state"
+    )]
+    pub uri: String,
+    /// State id (default: the config's state_id, else its file name).
+    #[arg(long, env = "LFX_SYNC_STATE_ID")]
+    pub state_id: Option<String>,
+}
+
+/// An error whose exit code is not the default 2.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging(&cli.logging);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Backfill(args) => backfill::run(args).await,
+            Command::State(args) => state::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(args: &LoggingArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}

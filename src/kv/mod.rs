@@ -1,0 +1,11 @@
+//! The replica bucket `v1-objects`: keys, guard timestamps, value encodings and
+//! the guarded writer every input goes through.
+
+pub mod key;
+pub mod msgpack;
+pub mod queue;
+pub mod timestamp;
+pub mod writer;
+
+pub use queue::{Completion, WriteQueue};
+pub use writer::{Encoding, GuardedWriter, Outcome, RefreshMode, WriteError, WriteRequest};
