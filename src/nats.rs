@@ -45,12 +45,10 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Nats
     options = options
         .name("lfx-sync")
         .connection_timeout(Duration::from_secs(5))
-        // Writes wait for reconnection rather than fail at once; the guarded
-        // writer bounds how long.
-        .retry_on_initial_connect()
+        // Once connected, writes wait for reconnection rather than fail at
+        // once; the guarded writer bounds how long. A first connection that
+        // fails is a prompt, clear error instead.
         .max_reconnects(None);
-    // retry_on_initial_connect would wait forever for a server that is not
-    // there: bound the first connection so a wrong URL is a prompt, clear error.
     let client = tokio::time::timeout(Duration::from_secs(10), async {
         let client = options
             .connect(settings.url.as_str())

@@ -112,7 +112,13 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(args: &LoggingArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+    // The NATS client's connection chatter is noise at info level.
+    let directive = if args.log_level.contains('=') {
+        args.log_level.clone()
+    } else {
+        format!("{},async_nats=warn", args.log_level)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(directive)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

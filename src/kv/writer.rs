@@ -107,7 +107,9 @@ enum Decision {
     Skip(Outcome),
 }
 
-const MAX_CONFLICTS: u32 = 16;
+/// Every lost compare-and-set means another writer stored a newer state, so
+/// a key settles within as many rounds as there are racing writers.
+const MAX_CONFLICTS: u32 = 64;
 const MAX_TRANSIENT: u32 = 8;
 
 pub struct GuardedWriter {
@@ -218,6 +220,10 @@ impl GuardedWriter {
                             });
                         }
                         tracing::debug!(key = %key, conflicts, "revision changed underneath, deciding again");
+                        // Jitter spreads writers that keep colliding on one key.
+                        if conflicts > 2 {
+                            tokio::time::sleep(jitter(conflicts)).await;
+                        }
                     }
                     current = self.read(&key).await?;
                 }
@@ -313,6 +319,15 @@ enum UpdateOutcome {
     /// Another writer changed the key since it was read.
     Conflicted,
     Failed(WriteError),
+}
+
+fn jitter(round: u32) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let ceiling_us = 100u32 << round.min(7);
+    Duration::from_micros(u64::from(nanos % ceiling_us))
 }
 
 fn backoff(attempt: u32) -> Duration {

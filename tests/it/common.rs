@@ -1,0 +1,299 @@
+//! Shared helpers: services, per-test databases and buckets, fixtures, the CLI.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_nats::jetstream::{self, kv};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Map, Value};
+use sqlx::{Connection, PgConnection};
+
+pub struct Services {
+    /// Admin connection URL (database `postgres`).
+    pub database_url: String,
+    pub nats_url: String,
+}
+
+/// The services the tests use: LFX_TEST_DATABASE_URL / LFX_TEST_NATS_URL, or
+/// the ones `scripts/services.sh up` starts (never the user's DATABASE_URL).
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        if let (Ok(database_url), Ok(nats_url)) = (
+            std::env::var("LFX_TEST_DATABASE_URL"),
+            std::env::var("LFX_TEST_NATS_URL"),
+        ) {
+            return Services {
+                database_url,
+                nats_url,
+            };
+        }
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("scripts/services.sh"))
+            .arg("up")
+            .output()
+            .expect("run scripts/services.sh up");
+        assert!(
+            out.status.success(),
+            "scripts/services.sh up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let env_file = stdout
+            .lines()
+            .last()
+            .expect("env file path")
+            .trim()
+            .to_string();
+        let text = std::fs::read_to_string(&env_file).expect("read services env file");
+        let get = |name: &str| {
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix("export ").or(Some(l.trim())))
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .map(|v| v.trim_matches(['"', '\'']).to_string())
+                .unwrap_or_else(|| panic!("{name} missing from {env_file}"))
+        };
+        Services {
+            database_url: get("DATABASE_URL"),
+            nats_url: get("NATS_URL"),
+        }
+    })
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo().join("tests/fixtures/singer").join(rel)
+}
+
+/// A name no other test or run uses: lowercase letters, digits and `_`.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub struct TestDb {
+    pub url: String,
+}
+
+impl TestDb {
+    /// A fresh database loaded with the given SQL scripts.
+    pub async fn create(scripts: &[&str]) -> TestDb {
+        let name = unique("lfx_test");
+        let admin = &services().database_url;
+        let mut conn = PgConnection::connect(admin)
+            .await
+            .expect("connect admin db");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .expect("database url has a path");
+        let db = TestDb {
+            url: format!("{base}/{name}"),
+        };
+        for script in scripts {
+            db.exec(script).await;
+        }
+        db
+    }
+
+    pub async fn seeded() -> TestDb {
+        Self::create(&[&read_fixture("lfx_v1_seed.sql")]).await
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let mut conn = PgConnection::connect(&self.url)
+            .await
+            .expect("connect test db");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .expect("run SQL");
+    }
+}
+
+pub fn read_fixture(rel: &str) -> String {
+    std::fs::read_to_string(fixture(rel)).expect("read fixture")
+}
+
+/// SQL for a `bench.project__c` table of `rows` rows shaped like the fixture's
+/// benchmark data (needs the seed's `platform.project__c`).
+pub fn bench_table_sql(rows: u32) -> String {
+    read_fixture("lfx_v1_bench_200k.sql").replace(
+        "generate_series(1, 200000)",
+        &format!("generate_series(1, {rows})"),
+    )
+}
+
+pub async fn js() -> (async_nats::Client, jetstream::Context) {
+    let client = async_nats::connect(&services().nats_url)
+        .await
+        .expect("connect NATS");
+    let js = jetstream::new(client.clone());
+    (client, js)
+}
+
+pub async fn new_bucket(js: &jetstream::Context, max_value_size: i32) -> (String, kv::Store) {
+    let name = unique("t");
+    let store = js
+        .create_key_value(kv::Config {
+            bucket: name.clone(),
+            history: 5,
+            max_value_size,
+            ..Default::default()
+        })
+        .await
+        .expect("create bucket");
+    (name, store)
+}
+
+/// Every live key of a bucket with its decoded value.
+pub async fn contents(store: &kv::Store) -> BTreeMap<String, Map<String, Value>> {
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .expect("list keys")
+        .try_collect()
+        .await
+        .expect("keys");
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            let value = store.get(&key).await.expect("get");
+            (key, value)
+        })
+        .buffer_unordered(256)
+        .filter_map(|(key, value)| async move {
+            value.map(|v| {
+                (
+                    key,
+                    lfx_sync::kv::writer::decode(&v).expect("decodable value"),
+                )
+            })
+        })
+        .collect()
+        .await
+}
+
+pub fn without_sdc(map: &Map<String, Value>) -> Map<String, Value> {
+    map.iter()
+        .filter(|(k, _)| !k.starts_with("_sdc_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// RECORDs of a Singer fixture by stream, with their key as lfx-sync builds it.
+pub fn tap_records(rel: &str) -> BTreeMap<String, Map<String, Value>> {
+    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for line in read_fixture(rel).lines() {
+        let msg: Value = serde_json::from_str(line).expect("fixture line is JSON");
+        let stream = msg["stream"].as_str().unwrap_or_default().to_string();
+        match msg["type"].as_str() {
+            Some("SCHEMA") => {
+                let props = msg["key_properties"]
+                    .as_array()
+                    .expect("key_properties")
+                    .iter()
+                    .map(|v| v.as_str().unwrap_or_default().to_string())
+                    .collect();
+                keys.insert(stream, props);
+            }
+            Some("RECORD") => {
+                let record = msg["record"].as_object().expect("record").clone();
+                let id: Vec<String> = keys[&stream]
+                    .iter()
+                    .map(|p| match &record[p] {
+                        Value::String(s) => s.replace(':', "_"),
+                        v => v.to_string(),
+                    })
+                    .collect();
+                out.insert(format!("{stream}.{}", id.join("-")), record);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Runs the CLI binary; `NATS_URL`/`DATABASE_URL` are cleared so only the
+/// given arguments count.
+pub async fn lfx_sync(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_lfx-sync"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .expect("run lfx-sync")
+}
+
+/// Arguments for a backfill of `config` from `db` into `bucket`, state in `state_dir`.
+pub fn backfill_args(config: &Path, db: &TestDb, bucket: &str, state_dir: &Path) -> Vec<String> {
+    vec![
+        "backfill".into(),
+        "--config".into(),
+        config.display().to_string(),
+        "--database-url".into(),
+        db.url.clone(),
+        "--nats-url".into(),
+        services().nats_url.clone(),
+        "--bucket".into(),
+        bucket.into(),
+        "--state".into(),
+        format!("file://{}", state_dir.display()),
+        "--quiet".into(),
+        "--report".into(),
+        "json".into(),
+    ]
+}
+
+pub async fn run(args: &[String]) -> Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    lfx_sync(&refs).await
+}
+
+/// The JSON report a `--report json` run printed.
+pub fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}); exit {:?}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+pub fn demo_config() -> PathBuf {
+    repo().join("tap-configs/demo.toml")
+}
+
+pub fn write_config(dir: &Path, streams: &str) -> PathBuf {
+    let path = dir.join(format!("{}.toml", unique("config")));
+    std::fs::write(&path, format!("state_id = \"test\"\n[postgres]\n{streams}"))
+        .expect("write config");
+    path
+}
+
+pub fn stored_state(state_dir: &Path, state_id: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(state_dir.join(state_id).join("state.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
