@@ -9,5 +9,6 @@ pub mod cli;
 pub mod config;
 pub mod kv;
 pub mod nats;
+pub mod singer;
 pub mod source;
 pub mod state;

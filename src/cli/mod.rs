@@ -3,6 +3,7 @@
 
 mod backfill;
 mod state;
+mod target;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -28,6 +29,23 @@ enum Command {
     Backfill(backfill::BackfillArgs),
     /// Inspect and edit stored bookmarks.
     State(state::StateArgs),
+    /// Singer target: load Singer messages from stdin into the bucket.
+    #[command(name = "target-nats-kv")]
+    TargetNatsKv(target::TargetArgs),
+}
+
+/// `target-nats-kv` as a program of its own, the name Meltano calls.
+#[derive(Debug, Parser)]
+#[command(
+    name = "target-nats-kv",
+    version,
+    about = "Singer target for NATS JetStream KV (lfx-sync)"
+)]
+struct TargetCli {
+    #[command(flatten)]
+    logging: LoggingArgs,
+    #[command(flatten)]
+    target: target::TargetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -80,12 +98,34 @@ impl std::fmt::Display for Exit {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(e) => return usage_error(e),
     };
     init_logging(&cli.logging);
+    execute(async {
+        match cli.command {
+            Command::Backfill(args) => backfill::run(args).await,
+            Command::State(args) => state::run(args).await,
+            Command::TargetNatsKv(args) => target::run(args).await,
+        }
+    })
+}
+
+/// Entry point of the `target-nats-kv` binary.
+pub fn target_main() -> ExitCode {
+    let cli = match TargetCli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(&cli.logging);
+    execute(target::run(cli.target))
+}
+
+fn usage_error(e: clap::Error) -> ExitCode {
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+}
+
+fn execute(command: impl std::future::Future<Output = anyhow::Result<u8>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -96,13 +136,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Backfill(args) => backfill::run(args).await,
-            Command::State(args) => state::run(args).await,
-        }
-    });
-    match result {
+    match runtime.block_on(command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,0 +1,397 @@
+//! The Singer target loop: stdin → guarded KV writes, STATE → stdout once
+//! everything before it is durably written.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::input::{self, Origin};
+use super::message::Message;
+use crate::kv::key;
+use crate::kv::{Completion, GuardedWriter, Outcome, WriteQueue, WriteRequest};
+
+/// Timestamp fields recognised when a SCHEMA names no `bookmark_properties`
+/// (FULL_TABLE streams): the v1 replication keys, in order of preference.
+const KNOWN_TIMESTAMPS: &[&str] = &[
+    "lastmodifieddate",
+    "systemmodstamp",
+    "SystemModstamp",
+    "LastModifiedDate",
+    "updated_at",
+    "modified_at",
+    "last_modified_at",
+    "last_modified_time",
+    "date_modified",
+];
+
+/// Validation problems logged per stream before they are only counted.
+const LOGGED_INVALID: u64 = 20;
+
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct StreamCounters {
+    pub read: u64,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub skipped_deleted: u64,
+    pub skipped_newer: u64,
+    pub invalid_key: u64,
+    pub invalid_record: u64,
+    pub failed: u64,
+}
+
+impl StreamCounters {
+    fn count(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Created => self.created += 1,
+            Outcome::Updated => self.updated += 1,
+            Outcome::Unchanged => self.unchanged += 1,
+            Outcome::SkippedDeleted => self.skipped_deleted += 1,
+            Outcome::SkippedNewer => self.skipped_newer += 1,
+        }
+    }
+}
+
+struct StreamInfo {
+    key_properties: Vec<String>,
+    timestamp_field: Option<Arc<str>>,
+    validator: Option<jsonschema::Validator>,
+}
+
+/// How a target run ended.
+#[derive(Debug)]
+pub struct TargetSummary {
+    pub streams: Vec<(String, StreamCounters)>,
+    /// The first input error, with where it was; reading stopped there.
+    pub input_error: Option<String>,
+    pub states_emitted: u64,
+}
+
+impl TargetSummary {
+    pub fn failed(&self) -> bool {
+        self.input_error.is_some() || self.streams.iter().any(|(_, c)| c.failed > 0)
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<40} {:>8} {:>8} {:>8} {:>9} {:>15} {:>13} {:>11} {:>14} {:>6}\n",
+            "stream",
+            "read",
+            "created",
+            "updated",
+            "unchanged",
+            "skipped_deleted",
+            "skipped_newer",
+            "invalid_key",
+            "invalid_record",
+            "failed"
+        );
+        for (name, c) in &self.streams {
+            out.push_str(&format!(
+                "{:<40} {:>8} {:>8} {:>8} {:>9} {:>15} {:>13} {:>11} {:>14} {:>6}\n",
+                name,
+                c.read,
+                c.created,
+                c.updated,
+                c.unchanged,
+                c.skipped_deleted,
+                c.skipped_newer,
+                c.invalid_key,
+                c.invalid_record,
+                c.failed
+            ));
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot write STATE to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+pub struct Target<W: Write> {
+    queue: WriteQueue,
+    key_prefix: String,
+    validate: bool,
+    streams: HashMap<String, StreamInfo>,
+    counters: HashMap<String, StreamCounters>,
+    order: Vec<String>,
+    /// STATE messages waiting for the records before them: (sequence number
+    /// of the next record at the time, value).
+    pending_states: VecDeque<(u64, Value)>,
+    last_emitted: Option<Value>,
+    states_emitted: u64,
+    out: W,
+    done: Vec<Completion>,
+}
+
+impl<W: Write> Target<W> {
+    pub fn new(
+        writer: Arc<GuardedWriter>,
+        in_flight: usize,
+        key_prefix: String,
+        validate: bool,
+        out: W,
+    ) -> Self {
+        Self {
+            queue: WriteQueue::new(writer, in_flight),
+            key_prefix,
+            validate,
+            streams: HashMap::new(),
+            counters: HashMap::new(),
+            order: Vec::new(),
+            pending_states: VecDeque::new(),
+            last_emitted: None,
+            states_emitted: 0,
+            out,
+            done: Vec::new(),
+        }
+    }
+
+    /// Consumes the whole input, then re-emits the latest written STATE.
+    pub async fn run(
+        mut self,
+        input: Box<dyn std::io::Read + Send>,
+    ) -> Result<TargetSummary, TargetError> {
+        let mut items = input::spawn(input);
+        let mut input_error = None;
+        'input: while let Some(chunk) = items.recv().await {
+            for item in chunk {
+                let result = match item.message {
+                    Ok(message) => self.handle(message, &item.origin).await,
+                    Err(reason) => Err(reason),
+                };
+                if let Err(reason) = result {
+                    let at = match &item.stream {
+                        Some(s) => format!("{}, stream {s}", item.origin),
+                        None => item.origin.to_string(),
+                    };
+                    input_error = Some(format!("{at}: {reason}"));
+                    break 'input;
+                }
+            }
+            self.queue.poll_ready(&mut self.done);
+            self.tally();
+            self.emit_ready()?;
+        }
+        drop(items);
+        self.queue.drain(&mut self.done).await;
+        self.tally();
+        self.emit_ready()?;
+        // The latest state once more, so the orchestrator has it last.
+        if let Some(state) = self.last_emitted.clone() {
+            self.print_state(&state)?;
+        }
+        Ok(TargetSummary {
+            streams: self
+                .order
+                .iter()
+                .map(|s| (s.clone(), self.counters.get(s).cloned().unwrap_or_default()))
+                .collect(),
+            input_error,
+            states_emitted: self.states_emitted,
+        })
+    }
+
+    async fn handle(&mut self, message: Message, origin: &Origin) -> Result<(), String> {
+        match message {
+            Message::Schema {
+                stream,
+                schema,
+                key_properties,
+                bookmark_properties,
+            } => self.schema(stream, schema, key_properties, bookmark_properties),
+            Message::Record {
+                stream,
+                record,
+                time_extracted,
+            } => self.record(stream, record, time_extracted, origin).await,
+            Message::State { value } => {
+                self.pending_states
+                    .push_back((self.queue.next_seq(), value));
+                Ok(())
+            }
+            Message::ActivateVersion { stream, version } => {
+                // Versions would let a target hard-delete rows missing from a
+                // new full sync; v1-objects keeps entries (deletions arrive as
+                // soft deletions from CDC), so this is acknowledged only.
+                tracing::debug!(%stream, %version, "ACTIVATE_VERSION accepted (no deletions are made)");
+                Ok(())
+            }
+            Message::Batch { .. } => {
+                Err("BATCH message reached the target loop unexpanded".to_string())
+            }
+            Message::Unknown { kind } => {
+                tracing::warn!(%origin, kind, "unknown message type skipped");
+                Ok(())
+            }
+        }
+    }
+
+    fn schema(
+        &mut self,
+        stream: String,
+        schema: Value,
+        key_properties: Vec<String>,
+        bookmark_properties: Vec<String>,
+    ) -> Result<(), String> {
+        if !key::valid_stream_name(&stream) {
+            return Err(format!(
+                "stream name {stream:?} cannot be part of a NATS KV key"
+            ));
+        }
+        if key_properties.is_empty() {
+            return Err("SCHEMA has no key_properties: records could not be keyed".to_string());
+        }
+        let timestamp_field = bookmark_properties.first().cloned().or_else(|| {
+            let props = schema.get("properties")?.as_object()?;
+            KNOWN_TIMESTAMPS
+                .iter()
+                .find(|f| props.contains_key(**f))
+                .map(|f| f.to_string())
+        });
+        let validator = if self.validate {
+            Some(
+                jsonschema::validator_for(&schema)
+                    .map_err(|e| format!("SCHEMA is not a valid JSON schema: {e}"))?,
+            )
+        } else {
+            None
+        };
+        tracing::debug!(%stream, ?key_properties, ?timestamp_field, "schema");
+        if !self.counters.contains_key(&stream) {
+            self.order.push(stream.clone());
+            self.counters
+                .insert(stream.clone(), StreamCounters::default());
+        }
+        self.streams.insert(
+            stream,
+            StreamInfo {
+                key_properties,
+                timestamp_field: timestamp_field.map(Arc::from),
+                validator,
+            },
+        );
+        Ok(())
+    }
+
+    async fn record(
+        &mut self,
+        stream: String,
+        mut record: Map<String, Value>,
+        time_extracted: Option<String>,
+        origin: &Origin,
+    ) -> Result<(), String> {
+        let Some(info) = self.streams.get(&stream) else {
+            return Err("RECORD before the stream's SCHEMA".to_string());
+        };
+        let counters = self.counters.entry(stream.clone()).or_default();
+        counters.read += 1;
+        for p in &info.key_properties {
+            if !record.contains_key(p) {
+                return Err(format!("record lacks key property {p:?}"));
+            }
+        }
+        if let Some(validator) = &info.validator {
+            let value = Value::Object(record);
+            if let Some(error) = validator.iter_errors(&value).next() {
+                counters.invalid_record += 1;
+                if counters.invalid_record <= LOGGED_INVALID {
+                    tracing::warn!(%origin, %stream, at = %error.instance_path(), error = %error, "record does not match its schema (written anyway)");
+                }
+            }
+            record = match value {
+                Value::Object(m) => m,
+                _ => unreachable!("wrapped an object above"),
+            };
+        }
+        let texts: Vec<_> = info
+            .key_properties
+            .iter()
+            .map(|p| record.get(p).and_then(key::key_text))
+            .collect();
+        let key = key::record_key(
+            &self.key_prefix,
+            &stream,
+            info.key_properties
+                .iter()
+                .zip(&texts)
+                .map(|(p, t)| (p.as_str(), t.as_ref().map(|t| t.as_str()))),
+        );
+        let key = match key {
+            Ok(k) => k,
+            Err(reason) => {
+                counters.invalid_key += 1;
+                let raw: Vec<String> = info
+                    .key_properties
+                    .iter()
+                    .map(|p| format!("{p}={}", record.get(p).unwrap_or(&Value::Null)))
+                    .collect();
+                tracing::warn!(%origin, %stream, key_values = %raw.join(", "), %reason, "record not written: invalid key");
+                return Ok(());
+            }
+        };
+        let extracted = time_extracted.unwrap_or_else(|| {
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        });
+        record.insert("_sdc_extracted_at".to_string(), Value::String(extracted));
+        let request = WriteRequest {
+            key,
+            timestamp_field: info.timestamp_field.clone(),
+            record,
+        };
+        self.queue.submit(request, &mut self.done).await;
+        Ok(())
+    }
+
+    fn tally(&mut self) {
+        for completion in self.done.drain(..) {
+            let stream = completion
+                .key
+                .strip_prefix(self.key_prefix.as_str())
+                .and_then(|k| k.split_once('.'))
+                .map(|(s, _)| s)
+                .unwrap_or_default();
+            let counters = self.counters.entry(stream.to_string()).or_default();
+            match completion.result {
+                Ok(outcome) => counters.count(outcome),
+                Err(e) => {
+                    counters.failed += 1;
+                    tracing::error!(key = %completion.key, error = %e, "record failed");
+                }
+            }
+        }
+    }
+
+    /// Prints the latest STATE whose records are all written.
+    fn emit_ready(&mut self) -> Result<(), TargetError> {
+        let confirmed = self.queue.confirmed();
+        let mut ready = None;
+        while self
+            .pending_states
+            .front()
+            .is_some_and(|(seq, _)| *seq <= confirmed)
+        {
+            ready = self.pending_states.pop_front().map(|(_, v)| v);
+        }
+        if let Some(state) = ready {
+            self.print_state(&state)?;
+            self.last_emitted = Some(state);
+        }
+        Ok(())
+    }
+
+    fn print_state(&mut self, state: &Value) -> Result<(), TargetError> {
+        let line = serde_json::to_string(state).map_err(|e| TargetError::Stdout(e.into()))?;
+        writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .map_err(TargetError::Stdout)?;
+        self.states_emitted += 1;
+        Ok(())
+    }
+}
