@@ -94,9 +94,7 @@ fn read_all(input: Box<dyn Read + Send>, tx: &mpsc::Sender<Vec<Item>>) {
                 false
             }
             Err(e) => {
-                let stream = serde_json::from_str::<Value>(line)
-                    .ok()
-                    .and_then(|v| v.get("stream")?.as_str().map(String::from));
+                let stream = stream_in_broken_line(line);
                 chunk.push(Item {
                     origin,
                     stream,
@@ -115,6 +113,22 @@ fn read_all(input: Box<dyn Read + Send>, tx: &mpsc::Sender<Vec<Item>>) {
     if !chunk.is_empty() {
         let _ = tx.blocking_send(chunk);
     }
+}
+
+/// The stream a line that is not valid JSON (a truncated one, say) names, so
+/// the error can say which stream it broke.
+fn stream_in_broken_line(line: &str) -> Option<String> {
+    if let Ok(v) = serde_json::from_str::<Value>(line) {
+        return v.get("stream")?.as_str().map(String::from);
+    }
+    let at = line.find("\"stream\"")? + "\"stream\"".len();
+    let rest = line[at..]
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    let end = rest.find('"')?;
+    Some(rest[..end].to_string())
 }
 
 fn stream_of(message: &Message) -> Option<String> {

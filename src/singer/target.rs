@@ -128,6 +128,8 @@ pub struct Target<W: Write> {
     states_emitted: u64,
     out: W,
     done: Vec<Completion>,
+    /// Where each record in flight came from, to name it if it fails.
+    origins: HashMap<u64, Origin>,
 }
 
 impl<W: Write> Target<W> {
@@ -150,6 +152,7 @@ impl<W: Write> Target<W> {
             states_emitted: 0,
             out,
             done: Vec::new(),
+            origins: HashMap::new(),
         }
     }
 
@@ -345,7 +348,8 @@ impl<W: Write> Target<W> {
             timestamp_field: info.timestamp_field.clone(),
             record,
         };
-        self.queue.submit(request, &mut self.done).await;
+        let seq = self.queue.submit(request, &mut self.done).await;
+        self.origins.insert(seq, origin.clone());
         Ok(())
     }
 
@@ -358,11 +362,13 @@ impl<W: Write> Target<W> {
                 .map(|(s, _)| s)
                 .unwrap_or_default();
             let counters = self.counters.entry(stream.to_string()).or_default();
+            let origin = self.origins.remove(&completion.seq);
             match completion.result {
                 Ok(outcome) => counters.count(outcome),
                 Err(e) => {
                     counters.failed += 1;
-                    tracing::error!(key = %completion.key, error = %e, "record failed");
+                    let at = origin.map(|o| o.to_string()).unwrap_or_default();
+                    tracing::error!("{at}, stream {stream}: record failed: {e}");
                 }
             }
         }

@@ -4,3 +4,5 @@
 mod backfill;
 mod common;
 mod guard;
+mod meltano;
+mod target;
