@@ -27,6 +27,9 @@ pub struct TargetArgs {
     /// Read messages from this file instead of standard input.
     #[arg(long)]
     input: Option<PathBuf>,
+    /// Create the bucket when it does not exist.
+    #[arg(long)]
+    create_buckets: bool,
     /// Guarded writes in flight at once.
     #[arg(long, env = "TARGET_NATS_KV_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16384))]
     in_flight: u32,
@@ -73,7 +76,7 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<u8> {
     }
     let client = crate::nats::connect(&settings.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
-    let store = crate::nats::open_bucket(&js, &settings.bucket, false).await?;
+    let store = crate::nats::open_bucket(&js, &settings.bucket, args.create_buckets).await?;
     let encoding = if settings.msgpack {
         Encoding::MsgPack
     } else {
