@@ -18,14 +18,28 @@
 //! replication_key = "lastmodifieddate"    # omit: always read in full
 //! key = ["sfid"]                          # default: the table's primary key
 //! columns = ["sfid", "name"]              # default: every column
+//!
+//! [dynamodb]                              # a config may have postgres, dynamodb or both
+//! region = "us-west-2"                    # default: AWS_REGION / the profile's
+//! endpoint_url = "${DYNAMODB_URL}"        # default: AWS_ENDPOINT_URL(_DYNAMODB)
+//! assume_role = "arn:aws:iam::1:role/r"   # --assume-role overrides
+//! segments = 4                            # parallel Scan segments per table
+//! page_size = 500                         # items per Scan page (default: 1 MB pages)
+//! lookback_seconds = 300                  # incremental reads start this long before the bookmark
+//!
+//! [[dynamodb.tables]]
+//! table = "itx-zoom-meetings-v2"
+//! timestamp = "modified_at"               # omit: always read in full
 //! ```
 
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::aws::AwsSettings;
 use crate::kv::key::valid_stream_name;
 use crate::nats::NatsSettings;
 
@@ -35,6 +49,7 @@ struct RawConfig {
     state_id: Option<String>,
     nats: Option<RawNats>,
     postgres: Option<RawPostgres>,
+    dynamodb: Option<RawDynamo>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -73,6 +88,26 @@ struct RawStream {
     columns: Option<Vec<String>>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDynamo {
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    assume_role: Option<String>,
+    segments: Option<u32>,
+    page_size: Option<u32>,
+    lookback_seconds: Option<u64>,
+    #[serde(default)]
+    tables: Vec<RawTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    table: Option<String>,
+    timestamp: Option<String>,
+}
+
 /// Values given on the command line or in the environment, which win over the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -90,6 +125,7 @@ pub struct Config {
     pub bucket: String,
     pub key_prefix: String,
     pub postgres: Option<PostgresConfig>,
+    pub dynamodb: Option<DynamoConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +145,30 @@ pub struct PgStream {
     pub key: Option<Vec<String>>,
     pub columns: Option<Vec<String>>,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamoConfig {
+    pub aws: AwsSettings,
+    /// Parallel Scan segments per table.
+    pub segments: u32,
+    /// Items per Scan page; `None`: DynamoDB's 1 MB pages.
+    pub page_size: Option<u32>,
+    /// How far before the bookmark an incremental read starts, for writers'
+    /// clock skew and eventually consistent reads.
+    pub lookback: Duration,
+    pub tables: Vec<DynamoTable>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DynamoTable {
+    /// The table name, which is also the stream name.
+    pub table: String,
+    /// The attribute holding the item's last modification time.
+    pub timestamp: Option<String>,
+}
+
+/// DynamoDB's limit on `TotalSegments`.
+const MAX_SEGMENTS: u32 = 1_000_000;
 
 /// Every problem found in a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -247,8 +307,20 @@ impl Config {
         let postgres = raw
             .postgres
             .map(|pg| validate_postgres(pg, overrides, &mut p));
-        if postgres.is_none() {
-            p.add("postgres", "no source configured");
+        let dynamodb = raw.dynamodb.map(|d| validate_dynamodb(d, &mut p));
+        match (&postgres, &dynamodb) {
+            (None, None) => p.add("postgres, dynamodb", "no source configured"),
+            (Some(pg), Some(ddb)) => {
+                for t in &ddb.tables {
+                    if pg.streams.iter().any(|s| s.name == t.table) {
+                        p.add(
+                            "dynamodb.tables",
+                            format!("stream {:?} is also a postgres stream", t.table),
+                        );
+                    }
+                }
+            }
+            _ => {}
         }
         if !p.0.is_empty() {
             return Err(fail(p.0));
@@ -260,6 +332,7 @@ impl Config {
             bucket,
             key_prefix,
             postgres,
+            dynamodb,
         })
     }
 }
@@ -387,6 +460,83 @@ fn validate_postgres(pg: RawPostgres, overrides: &Overrides, p: &mut Problems) -
     PostgresConfig { url, streams }
 }
 
+fn validate_dynamodb(d: RawDynamo, p: &mut Problems) -> DynamoConfig {
+    let mut setting = |field: &str, v: &Option<String>| -> Option<String> {
+        let v = p.expand(field, v.as_deref()?)?;
+        if v.is_empty() {
+            p.add(field, "must not be empty");
+            return None;
+        }
+        Some(v)
+    };
+    let aws = AwsSettings {
+        region: setting("dynamodb.region", &d.region),
+        endpoint_url: setting("dynamodb.endpoint_url", &d.endpoint_url),
+        assume_role: setting("dynamodb.assume_role", &d.assume_role),
+    };
+    if let Some(url) = &aws.endpoint_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        p.add(
+            "dynamodb.endpoint_url",
+            format!("{url:?} is not an http:// or https:// URL"),
+        );
+    }
+    let segments = d.segments.unwrap_or(4);
+    if !(1..=MAX_SEGMENTS).contains(&segments) {
+        p.add(
+            "dynamodb.segments",
+            format!("{segments} is not between 1 and {MAX_SEGMENTS}"),
+        );
+    }
+    if d.page_size == Some(0) {
+        p.add("dynamodb.page_size", "must be at least 1");
+    }
+    if d.tables.is_empty() {
+        p.add("dynamodb.tables", "no tables configured");
+    }
+    let mut names = HashSet::new();
+    let mut tables = Vec::new();
+    for (i, t) in d.tables.into_iter().enumerate() {
+        let at = format!("dynamodb.tables[{i}]");
+        let Some(table) = t.table else {
+            p.add(&format!("{at}.table"), "missing");
+            continue;
+        };
+        // DynamoDB's own naming rule, less `.`, which a KV key cannot hold in a stream name.
+        if !(3..=255).contains(&table.len())
+            || !table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            p.add(
+                &format!("{at}.table"),
+                format!("{table:?} is not a usable table name (3-255 of a-z A-Z 0-9 _ -)"),
+            );
+        }
+        if !names.insert(table.clone()) {
+            p.add(&at, format!("table {table:?} is configured twice"));
+        }
+        if t.timestamp.as_deref() == Some("") {
+            p.add(
+                &format!("{at}.timestamp"),
+                "must not be empty (omit it instead)",
+            );
+        }
+        tables.push(DynamoTable {
+            table,
+            timestamp: t.timestamp,
+        });
+    }
+    DynamoConfig {
+        aws,
+        segments,
+        page_size: d.page_size,
+        lookback: Duration::from_secs(d.lookback_seconds.unwrap_or(300)),
+        tables,
+    }
+}
+
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -470,6 +620,137 @@ mod tests {
             let config = Config::load(&path, &overrides).unwrap_or_else(|e| panic!("{e}"));
             assert!(!config.postgres.unwrap().streams.is_empty());
         }
+    }
+
+    #[test]
+    fn shipped_dynamodb_config_lists_the_lfx_tables_and_their_timestamps() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tap-configs/lfx-v1-dynamodb.toml");
+        let overrides = Overrides {
+            nats_url: Some("nats://localhost:4222".into()),
+            ..Default::default()
+        };
+        let config = Config::load(&path, &overrides).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.state_id, "itx-dynamodb-incremental");
+        assert!(config.postgres.is_none());
+        let ddb = config.dynamodb.unwrap();
+        assert_eq!(ddb.tables.len(), 22);
+        let ts = |t: &str| {
+            ddb.tables
+                .iter()
+                .find(|x| x.table == t)
+                .unwrap_or_else(|| panic!("{t} missing"))
+                .timestamp
+                .clone()
+        };
+        assert_eq!(ts("itx-zoom-meetings-v2").as_deref(), Some("modified_at"));
+        assert_eq!(ts("itx-poll-vote").as_deref(), Some("last_modified_time"));
+        assert_eq!(
+            ts("itx-groupsio-v2-artifact").as_deref(),
+            Some("last_modified_at")
+        );
+        assert_eq!(ts("surveymonkey-surveys").as_deref(), Some("date_modified"));
+        assert_eq!(
+            ts("itx-zoom-meetings-attachments-v2").as_deref(),
+            Some("updated_at")
+        );
+        assert_eq!(ts("itx-zoom-past-meetings-mappings"), None);
+        assert_eq!(ddb.segments, 4);
+        assert_eq!(ddb.aws, AwsSettings::default());
+    }
+
+    #[test]
+    fn dynamodb_settings_are_validated_together() {
+        let err = load(
+            r#"
+            [dynamodb]
+            endpoint_url = "localhost:8000"
+            segments = 0
+            page_size = 0
+            [[dynamodb.tables]]
+            table = "ok-table"
+            [[dynamodb.tables]]
+            table = "ok-table"
+            timestamp = ""
+            [[dynamodb.tables]]
+            table = "has.dot"
+            [[dynamodb.tables]]
+            timestamp = "modified_at"
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "dynamodb.endpoint_url: \"localhost:8000\" is not an http",
+            "dynamodb.segments: 0 is not between 1 and 1000000",
+            "dynamodb.page_size: must be at least 1",
+            "dynamodb.tables[1]: table \"ok-table\" is configured twice",
+            "dynamodb.tables[1].timestamp: must not be empty",
+            "dynamodb.tables[2].table: \"has.dot\" is not a usable table name",
+            "dynamodb.tables[3].table: missing",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
+        assert_eq!(err.problems.len(), 7, "{text}");
+
+        let err = load("state_id = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("no source configured"), "{err}");
+    }
+
+    #[test]
+    fn postgres_and_dynamodb_together() {
+        // SAFETY: the variable name is unique to this test.
+        unsafe { std::env::set_var("LFX_SYNC_TEST_DDB_URL", "http://127.0.0.1:8000") };
+        let c = load(
+            r#"
+            [postgres]
+            url = "postgres://x/db"
+            [[postgres.streams]]
+            schema = "platform"
+            table = "project__c"
+            [dynamodb]
+            region = "eu-west-1"
+            endpoint_url = "${LFX_SYNC_TEST_DDB_URL}"
+            assume_role = "arn:aws:iam::123456789012:role/reader"
+            lookback_seconds = 60
+            [[dynamodb.tables]]
+            table = "itx-poll"
+            timestamp = "last_modified_time"
+            "#,
+        )
+        .unwrap();
+        let ddb = c.dynamodb.unwrap();
+        assert_eq!(ddb.aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            ddb.aws.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:8000")
+        );
+        assert_eq!(
+            ddb.aws.assume_role.as_deref(),
+            Some("arn:aws:iam::123456789012:role/reader")
+        );
+        assert_eq!(ddb.lookback, Duration::from_secs(60));
+        assert_eq!(ddb.page_size, None);
+        assert_eq!(c.postgres.unwrap().streams.len(), 1);
+
+        let clash = load(
+            r#"
+            [postgres]
+            url = "postgres://x/db"
+            [[postgres.streams]]
+            schema = "itx"
+            table = "poll"
+            [dynamodb]
+            [[dynamodb.tables]]
+            table = "itx-poll"
+            "#,
+        )
+        .unwrap_err();
+        assert!(
+            clash
+                .to_string()
+                .contains("stream \"itx-poll\" is also a postgres stream"),
+            "{clash}"
+        );
     }
 
     #[test]

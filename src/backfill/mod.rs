@@ -195,6 +195,10 @@ async fn run_stream(
     let mut bar = progress.stream(&spec.name, estimate);
     tracing::info!(stream = %spec.name, since = ?since, estimate, "reading");
     let ts_field: Option<Arc<str>> = spec.replication_key.as_deref().map(Arc::from);
+    // Records in no particular order can only move the bookmark once all of
+    // them are in, and then only to when the read started: anything changed
+    // after that may or may not have been seen, so the next run reads it again.
+    let read_started = chrono::Utc::now();
     let mut queue = WriteQueue::new(Arc::clone(writer), settings.in_flight);
     let mut done: Vec<Completion> = Vec::new();
     let mut bookmarks = Bookmarks {
@@ -254,7 +258,7 @@ async fn run_stream(
                     queue.pass()
                 }
             };
-            if let Some(v) = &rk_value {
+            if let Some(v) = rk_value.as_ref().filter(|_| spec.ordered) {
                 bookmarks.push(seq, v);
             }
         }
@@ -279,6 +283,11 @@ async fn run_stream(
     tally(&mut counters, &mut done, &mut bookmarks);
     bookmarks.advance(queue.confirmed());
     bar.finish();
+    if !spec.ordered && failure.is_none() && !bookmarks.frozen {
+        bookmarks.reached = Some(Value::String(
+            read_started.to_rfc3339_opts(chrono::SecondsFormat::Micros, false),
+        ));
+    }
     if let (Some(rk), Some(v)) = (&spec.replication_key, &bookmarks.reached)
         && let Err(e) = checkpoint.save(&spec.name, rk, v.clone()).await
     {

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -25,12 +25,21 @@ impl Progress {
         let bar = self.bars.then(|| {
             let bar = ProgressBar::with_draw_target(estimate, ProgressDrawTarget::stderr());
             let template = if estimate.is_some() {
-                "{prefix:>32} [{bar:30}] {human_pos}/~{human_len} {per_sec} {eta}"
+                "{prefix:>32} [{bar:30}] {human_pos}/~{human_len} {rate} {eta}"
             } else {
-                "{prefix:>32} {spinner} {human_pos} {per_sec}"
+                "{prefix:>32} {spinner} {human_pos} {rate}"
             };
             if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
+                bar.set_style(
+                    style
+                        .with_key(
+                            "rate",
+                            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                                let _ = write!(w, "{:.0} rows/s", state.per_sec());
+                            },
+                        )
+                        .progress_chars("=> "),
+                );
             }
             bar.set_prefix(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));

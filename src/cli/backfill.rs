@@ -3,14 +3,15 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use super::{StateLocation, print_stdout};
 use crate::backfill::{self, BackfillSettings, Progress, RunReport};
 use crate::config::{Config, Overrides};
 use crate::kv::{Encoding, GuardedWriter, RefreshMode};
+use crate::source::dynamodb::DynamoSource;
 use crate::source::postgres::PostgresSource;
+use crate::source::{Source, Sources};
 
 #[derive(Debug, Args)]
 pub struct BackfillArgs {
@@ -20,9 +21,15 @@ pub struct BackfillArgs {
     /// Read every row, ignoring stored bookmarks; a fresh bookmark is stored.
     #[arg(long)]
     full: bool,
-    /// Only these streams (`<schema>-<table>`); repeatable. Default: all configured.
+    /// Only these streams (`<schema>-<table>`, or a DynamoDB table name); repeatable. Default: all configured.
     #[arg(long = "stream", value_name = "NAME")]
     streams: Vec<String>,
+    /// Which of the configured sources to read.
+    #[arg(long, value_enum, env = "LFX_SYNC_SOURCE", default_value = "all")]
+    source: SourceChoice,
+    /// An IAM role to assume for DynamoDB (overrides the config's assume_role).
+    #[arg(long, env = "LFX_SYNC_ASSUME_ROLE", value_name = "ARN")]
+    assume_role: Option<String>,
     #[command(flatten)]
     state: StateLocation,
     /// KV bucket to write (default: the config's, else v1-objects).
@@ -44,7 +51,7 @@ pub struct BackfillArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// NATS URL (overrides the config's).
-    #[arg(long, env = "NATS_URL")]
+    #[arg(long, env = "NATS_URL", hide_env_values = true)]
     nats_url: Option<String>,
     /// Guarded writes in flight at once.
     #[arg(long, env = "LFX_SYNC_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16384))]
@@ -62,12 +69,20 @@ enum ReportFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceChoice {
+    Postgres,
+    Dynamodb,
+    /// Every source the configuration has.
+    All,
+}
+
 fn parse_refresh_mode(s: &str) -> Result<RefreshMode, String> {
     s.parse()
 }
 
 pub async fn run(args: BackfillArgs) -> anyhow::Result<u8> {
-    let config = Config::load(
+    let mut config = Config::load(
         &args.config,
         &Overrides {
             database_url: args.database_url.clone(),
@@ -76,11 +91,10 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<u8> {
             state_id: args.state.state_id.clone(),
         },
     )?;
-    let postgres = config
-        .postgres
-        .as_ref()
-        .context("the configuration has no [postgres] source")?;
-    let source = PostgresSource::open(postgres, &args.streams).await?;
+    if let (Some(role), Some(dynamodb)) = (&args.assume_role, config.dynamodb.as_mut()) {
+        dynamodb.aws.assume_role = Some(role.clone());
+    }
+    let source = open_sources(&config, args.source, &args.streams).await?;
     let client = crate::nats::connect(&config.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
     let store = crate::nats::open_bucket(&js, &config.bucket, args.create_buckets).await?;
@@ -118,6 +132,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<u8> {
         Progress::detect(args.quiet),
     )
     .await;
+    state.release().await;
     // Everything acknowledged must reach the server before the process exits.
     let _ = client.flush().await;
     match outcome {
@@ -130,6 +145,79 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<u8> {
             Err(anyhow::Error::new(interrupted.error))
         }
     }
+}
+
+/// Opens the selected sources, each with the `--stream` names that are its own.
+async fn open_sources(
+    config: &Config,
+    choice: SourceChoice,
+    only: &[String],
+) -> anyhow::Result<Sources> {
+    let want = |c: SourceChoice| choice == c || choice == SourceChoice::All;
+    let postgres = config
+        .postgres
+        .as_ref()
+        .filter(|_| want(SourceChoice::Postgres));
+    let dynamodb = config
+        .dynamodb
+        .as_ref()
+        .filter(|_| want(SourceChoice::Dynamodb));
+    match choice {
+        SourceChoice::Postgres if postgres.is_none() => {
+            anyhow::bail!(
+                "the configuration {} has no [postgres] source",
+                config.path.display()
+            )
+        }
+        SourceChoice::Dynamodb if dynamodb.is_none() => {
+            anyhow::bail!(
+                "the configuration {} has no [dynamodb] source",
+                config.path.display()
+            )
+        }
+        _ => {}
+    }
+    let pg_names: Vec<&str> = postgres
+        .map(|pg| pg.streams.iter().map(|s| s.name.as_str()).collect())
+        .unwrap_or_default();
+    let ddb_names: Vec<&str> = dynamodb
+        .map(|d| d.tables.iter().map(|t| t.table.as_str()).collect())
+        .unwrap_or_default();
+    let unknown: Vec<&str> = only
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !pg_names.contains(n) && !ddb_names.contains(n))
+        .collect();
+    if !unknown.is_empty() {
+        anyhow::bail!(
+            "--stream {}: not in the selected sources of {} (configured: {})",
+            unknown.join(", "),
+            config.path.display(),
+            pg_names
+                .iter()
+                .chain(&ddb_names)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // With --stream, a source none of whose streams is named is not opened at all.
+    let subset = |names: &[&str]| -> Option<Vec<String>> {
+        let mine: Vec<String> = only
+            .iter()
+            .filter(|n| names.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        (only.is_empty() || !mine.is_empty()).then_some(mine)
+    };
+    let mut parts: Vec<Box<dyn Source>> = Vec::new();
+    if let (Some(pg), Some(streams)) = (postgres, subset(&pg_names)) {
+        parts.push(Box::new(PostgresSource::open(pg, &streams).await?));
+    }
+    if let (Some(ddb), Some(tables)) = (dynamodb, subset(&ddb_names)) {
+        parts.push(Box::new(DynamoSource::open(ddb, &tables).await?));
+    }
+    Ok(Sources::new(parts))
 }
 
 fn print_report(report: &RunReport, format: Option<ReportFormat>) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use super::{StateLocation, print_stdout};
-use crate::state::StateDocument;
+use crate::state::{StateBackend, StateDocument};
 
 #[derive(Debug, Args)]
 pub struct StateArgs {
@@ -51,9 +51,20 @@ fn state_id(location: &StateLocation) -> anyhow::Result<&str> {
 }
 
 pub async fn run(args: StateArgs) -> anyhow::Result<u8> {
-    match args.action {
-        StateAction::Show { location, stream } => {
-            let backend = crate::state::open(&location.uri, state_id(&location)?).await?;
+    let location = match &args.action {
+        StateAction::Show { location, .. }
+        | StateAction::Set { location, .. }
+        | StateAction::Clear { location, .. } => location.clone(),
+    };
+    let backend = crate::state::open(&location.uri, state_id(&location)?).await?;
+    let result = act(backend.as_ref(), args.action).await;
+    backend.release().await;
+    result.map(|()| 0)
+}
+
+async fn act(backend: &dyn StateBackend, action: StateAction) -> anyhow::Result<()> {
+    match action {
+        StateAction::Show { stream, .. } => {
             let doc = backend.load().await?.unwrap_or_default();
             let shown = match stream {
                 Some(s) => doc
@@ -68,12 +79,11 @@ pub async fn run(args: StateArgs) -> anyhow::Result<u8> {
             print_stdout(&format!("{}\n", serde_json::to_string_pretty(&shown)?))?;
         }
         StateAction::Set {
-            location,
             stream,
             replication_key,
             value,
+            ..
         } => {
-            let backend = crate::state::open(&location.uri, state_id(&location)?).await?;
             let mut doc = backend.load().await?.unwrap_or_default();
             let value = match serde_json::from_str::<Value>(&value) {
                 Ok(v @ Value::Number(_)) => v,
@@ -85,21 +95,18 @@ pub async fn run(args: StateArgs) -> anyhow::Result<u8> {
             backend.store(&doc).await?;
             tracing::info!(stream, location = %backend.location(), "bookmark set");
         }
-        StateAction::Clear { location, stream } => {
-            let backend = crate::state::open(&location.uri, state_id(&location)?).await?;
-            match stream {
-                None => backend.clear().await?,
-                Some(s) => {
-                    let mut doc: StateDocument = backend.load().await?.unwrap_or_default();
-                    doc.completed = doc.effective();
-                    doc.partial = None;
-                    if !doc.completed.clear_stream(&s) {
-                        anyhow::bail!("no bookmark for stream {s} in {}", backend.location());
-                    }
-                    backend.store(&doc).await?;
+        StateAction::Clear { stream, .. } => match stream {
+            None => backend.clear().await?,
+            Some(s) => {
+                let mut doc: StateDocument = backend.load().await?.unwrap_or_default();
+                doc.completed = doc.effective();
+                doc.partial = None;
+                if !doc.completed.clear_stream(&s) {
+                    anyhow::bail!("no bookmark for stream {s} in {}", backend.location());
                 }
+                backend.store(&doc).await?;
             }
-        }
+        },
     }
-    Ok(0)
+    Ok(())
 }

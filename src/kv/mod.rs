@@ -8,4 +8,6 @@ pub mod timestamp;
 pub mod writer;
 
 pub use queue::{Completion, WriteQueue};
-pub use writer::{Encoding, GuardedWriter, Outcome, RefreshMode, WriteError, WriteRequest};
+pub use writer::{
+    DeleteOutcome, Encoding, GuardedWriter, Outcome, RefreshMode, WriteError, WriteRequest,
+};

@@ -89,6 +89,27 @@ pub struct WriteRequest {
     pub record: Map<String, Value>,
 }
 
+impl WriteRequest {
+    pub fn new(key: String, timestamp_field: Option<Arc<str>>, record: Map<String, Value>) -> Self {
+        Self {
+            key,
+            timestamp_field,
+            record,
+        }
+    }
+}
+
+/// What a soft deletion (SPEC §3.6) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// `_sdc_deleted_at` was set on the stored payload.
+    SoftDeleted,
+    /// The entry was soft-deleted already: nothing written.
+    AlreadyDeleted,
+    /// No entry (or a delete/purge marker): acknowledged, nothing written.
+    Absent,
+}
+
 /// The current entry of a key, as the guard sees it.
 #[derive(Debug)]
 enum Current {
@@ -226,6 +247,56 @@ impl GuardedWriter {
                         }
                     }
                     current = self.read(&key).await?;
+                }
+            }
+        }
+    }
+
+    /// Soft-deletes a key (a CDC delete): keeps the stored payload and sets
+    /// `_sdc_deleted_at`, `_sdc_extracted_at` and `_sdc_received_at`, with
+    /// compare-and-set. Entries are never physically removed.
+    pub async fn soft_delete(
+        &self,
+        key: &str,
+        deleted_at: &str,
+        extracted_at: &str,
+    ) -> Result<DeleteOutcome, WriteError> {
+        let mut conflicts = 0;
+        loop {
+            let (revision, mut value) = match self.read(key).await? {
+                Current::Absent { .. } => return Ok(DeleteOutcome::Absent),
+                Current::Present { revision, value } => (revision, value.unwrap_or_default()),
+            };
+            if is_soft_deleted(&value) {
+                return Ok(DeleteOutcome::AlreadyDeleted);
+            }
+            value.insert(
+                "_sdc_deleted_at".to_string(),
+                Value::String(deleted_at.to_string()),
+            );
+            value.insert(
+                "_sdc_extracted_at".to_string(),
+                Value::String(extracted_at.to_string()),
+            );
+            value.insert("_sdc_received_at".to_string(), Value::String(now_rfc3339()));
+            let body = self.encode(key, &value)?;
+            if self.dry_run {
+                return Ok(DeleteOutcome::SoftDeleted);
+            }
+            match self.update(key, body, revision).await {
+                Ok(()) => return Ok(DeleteOutcome::SoftDeleted),
+                Err(UpdateOutcome::Failed(e)) => return Err(e),
+                Err(UpdateOutcome::Conflicted) => {
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS {
+                        return Err(WriteError::Conflict {
+                            key: key.to_string(),
+                            attempts: conflicts,
+                        });
+                    }
+                    if conflicts > 2 {
+                        tokio::time::sleep(jitter(conflicts)).await;
+                    }
                 }
             }
         }

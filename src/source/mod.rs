@@ -1,6 +1,8 @@
 //! Where v1 records come from. Each source lists its streams and reads one
-//! stream at a time, in replication-key order, from a bookmark on.
+//! stream at a time from a bookmark on: in replication-key order where the
+//! source can (PostgreSQL), in no particular order where it cannot (DynamoDB).
 
+pub mod dynamodb;
 pub mod postgres;
 
 use serde_json::{Map, Value};
@@ -12,8 +14,12 @@ pub struct StreamSpec {
     pub name: String,
     /// The record fields whose values make the key, in order.
     pub key_properties: Vec<String>,
-    /// The field records are read in order of, and the guard's timestamp.
+    /// The guard's timestamp field, and what the bookmark tracks.
     pub replication_key: Option<String>,
+    /// Whether records arrive in replication-key order. Only then can the
+    /// bookmark advance record by record; otherwise it moves once the whole
+    /// stream has been read.
+    pub ordered: bool,
 }
 
 /// Records of one stream, read in batches by a background task so reading
@@ -46,4 +52,50 @@ pub trait Source: Send {
     /// Starts reading one stream: records whose replication key is at or past
     /// `since` (all records when `None`), in replication-key order.
     fn read(&self, stream: usize, since: Option<Value>) -> Batches;
+}
+
+/// Several sources run as one: their streams in order, one bookmark document.
+pub struct Sources {
+    parts: Vec<Box<dyn Source>>,
+    specs: Vec<StreamSpec>,
+    /// For each stream: its source and its index there.
+    index: Vec<(usize, usize)>,
+}
+
+impl Sources {
+    pub fn new(parts: Vec<Box<dyn Source>>) -> Self {
+        let mut specs = Vec::new();
+        let mut index = Vec::new();
+        for (p, part) in parts.iter().enumerate() {
+            for (i, spec) in part.streams().iter().enumerate() {
+                specs.push(spec.clone());
+                index.push((p, i));
+            }
+        }
+        Self {
+            parts,
+            specs,
+            index,
+        }
+    }
+}
+
+impl Source for Sources {
+    fn streams(&self) -> &[StreamSpec] {
+        &self.specs
+    }
+
+    fn estimate(
+        &self,
+        stream: usize,
+        since: Option<&Value>,
+    ) -> futures::future::BoxFuture<'_, Option<u64>> {
+        let (p, i) = self.index[stream];
+        self.parts[p].estimate(i, since)
+    }
+
+    fn read(&self, stream: usize, since: Option<Value>) -> Batches {
+        let (p, i) = self.index[stream];
+        self.parts[p].read(i, since)
+    }
 }

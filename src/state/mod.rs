@@ -2,11 +2,14 @@
 //! layout of Meltano's state backends so either tool resumes from the other.
 
 mod file;
+mod s3;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 pub use file::FileBackend;
+pub use s3::{DEFAULT_LOCK_TTL, S3Backend, S3Location};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -18,10 +21,12 @@ pub enum StateError {
     Io { location: String, reason: String },
     #[error("state {location} is not valid state JSON: {reason}")]
     Corrupt { location: String, reason: String },
+    #[error("state {location} changed underneath this run: {reason}")]
+    Conflict { location: String, reason: String },
 }
 
 /// Where one state id's document lives. Implementations hold the run's lock
-/// on the state id for as long as they exist.
+/// on the state id until they are released or dropped.
 pub trait StateBackend: Send + Sync {
     /// Where the document is, for messages.
     fn location(&self) -> String;
@@ -31,6 +36,11 @@ pub trait StateBackend: Send + Sync {
     fn store<'a>(&'a self, doc: &'a StateDocument) -> BoxFuture<'a, Result<(), StateError>>;
     /// Removes the stored document.
     fn clear(&self) -> BoxFuture<'_, Result<(), StateError>>;
+    /// Gives up the lock at the end of a run, failed or not. A lock that
+    /// outlives its process (a remote one) is otherwise only freed by expiry.
+    fn release(&self) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
 }
 
 /// Opens the backend a state URI names, taking the lock on the state id.
@@ -45,10 +55,15 @@ pub async fn open(uri: &str, state_id: &str) -> Result<Box<dyn StateBackend>, St
     if let Some(path) = uri.strip_prefix("file://") {
         return Ok(Box::new(FileBackend::open(path.as_ref(), state_id)?));
     }
+    if uri.starts_with("s3://") {
+        return Ok(Box::new(
+            S3Backend::open(uri, state_id, DEFAULT_LOCK_TTL).await?,
+        ));
+    }
     if let Some((scheme, _)) = uri.split_once("://") {
         return Err(StateError::Uri {
             uri: uri.to_string(),
-            reason: format!("unsupported scheme {scheme:?} (supported: file://)"),
+            reason: format!("unsupported scheme {scheme:?} (supported: file://, s3://)"),
         });
     }
     Ok(Box::new(FileBackend::open(uri.as_ref(), state_id)?))

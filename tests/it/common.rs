@@ -297,3 +297,190 @@ pub fn stored_state(state_dir: &Path, state_id: &str) -> Option<Value> {
     let text = std::fs::read_to_string(state_dir.join(state_id).join("state.json")).ok()?;
     serde_json::from_str(&text).ok()
 }
+
+// ---------------------------------------------------------------- AWS (moto) ---
+
+/// The S3/DynamoDB endpoint: LFX_TEST_AWS_ENDPOINT_URL, or the moto that
+/// `scripts/services.sh up` starts.
+pub fn aws_endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        if let Ok(url) = std::env::var("LFX_TEST_AWS_ENDPOINT_URL") {
+            return url;
+        }
+        services();
+        let out = std::process::Command::new("bash")
+            .arg(repo().join("scripts/services.sh"))
+            .arg("env")
+            .output()
+            .expect("run scripts/services.sh env");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("export AWS_ENDPOINT_URL="))
+            .map(|v| v.trim_matches(['"', '\'']).to_string())
+            .expect("AWS_ENDPOINT_URL in the services env file")
+    })
+}
+
+/// SDK configuration for moto at `endpoint`, independent of this process's
+/// environment (dummy credentials, a region, no instance metadata).
+pub async fn aws_config(endpoint: &str) -> aws_config::SdkConfig {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .http_client(
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                .build_https(),
+        )
+        .load()
+        .await
+}
+
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let config = aws_config(aws_endpoint()).await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&aws_config(aws_endpoint()).await)
+}
+
+/// A new S3 bucket (names allow lowercase letters, digits and dashes only).
+pub async fn new_s3_bucket(s3: &aws_sdk_s3::Client) -> String {
+    let name = unique("lfx").replace('_', "-");
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("create S3 bucket");
+    name
+}
+
+/// The object's text, or `None` when it does not exist.
+pub async fn s3_text(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<String> {
+    let out = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
+    let bytes = out.body.collect().await.expect("read object").into_bytes();
+    Some(String::from_utf8(bytes.to_vec()).expect("UTF-8 object"))
+}
+
+pub async fn s3_put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, text: &str) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(text.as_bytes().to_vec().into())
+        .send()
+        .await
+        .expect("put object");
+}
+
+/// Runs the CLI with the AWS settings of the tests (moto) plus `env`;
+/// `NATS_URL`/`DATABASE_URL` are cleared so only the given arguments count.
+pub fn lfx_sync_aws(args: &[String], env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_lfx-sync"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("NATS_URL")
+        .env_remove("AWS_PROFILE")
+        .env("NO_COLOR", "1")
+        .env("AWS_ENDPOINT_URL", aws_endpoint())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+pub async fn run_aws(args: &[String], env: &[(&str, &str)]) -> Output {
+    lfx_sync_aws(args, env)
+        .output()
+        .await
+        .expect("run lfx-sync")
+}
+
+/// A TCP relay on loopback to `target` that a test can cut, making the
+/// service behind it unreachable in the middle of a run. Each chunk of the
+/// answers is held back by `delay`, to make a run last long enough.
+pub struct CuttableProxy {
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    pub async fn start(target: &str, delay: std::time::Duration) -> CuttableProxy {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let target = target
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let task = tokio::spawn(async move {
+            // Dropped with the task: every relayed connection ends with it.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                connections.spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut client_rx, mut client_tx) = inbound.into_split();
+                    let (mut server_rx, mut server_tx) = outbound.into_split();
+                    let up = tokio::io::copy(&mut client_rx, &mut server_tx);
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = server_rx.read(&mut buf).await?;
+                            if n == 0 {
+                                return client_tx.shutdown().await;
+                            }
+                            tokio::time::sleep(delay).await;
+                            client_tx.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    // Either side closing ends the relay, as a socket would.
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { url, task }
+    }
+
+    /// Closes the listener and every relayed connection: from now on,
+    /// connections are refused.
+    pub fn cut(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn expect_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -336,3 +336,50 @@ async fn racing_writers_of_one_key_end_with_the_newest_version() {
     // Second 59 is written by i = 59 only.
     assert_eq!(f.stored("s.1").await.unwrap()["v"], json!(59));
 }
+
+#[tokio::test]
+async fn soft_deletion_keeps_the_payload_and_is_never_undone_by_a_write() {
+    let f = fixture(RefreshMode::Newer).await;
+    assert_eq!(
+        f.writer
+            .soft_delete("s.9", "2024-07-01T00:00:00Z", "2024-07-01T00:00:01Z")
+            .await
+            .unwrap(),
+        lfx_sync::kv::DeleteOutcome::Absent
+    );
+    assert!(
+        f.store.entry("s.9").await.unwrap().is_none(),
+        "a delete of an absent key writes nothing"
+    );
+    f.put(
+        "s.1",
+        json!({"v": 1, "lastmodifieddate": "2024-06-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(
+        f.writer
+            .soft_delete("s.1", "2024-07-01T00:00:00Z", "2024-07-01T00:00:01Z")
+            .await
+            .unwrap(),
+        lfx_sync::kv::DeleteOutcome::SoftDeleted
+    );
+    let stored = f.stored("s.1").await.unwrap();
+    assert_eq!(stored["v"], json!(1));
+    assert_eq!(stored["_sdc_deleted_at"], json!("2024-07-01T00:00:00Z"));
+    assert_eq!(stored["_sdc_extracted_at"], json!("2024-07-01T00:00:01Z"));
+    assert!(stored["_sdc_received_at"].is_string());
+    let rev = f.revision("s.1").await;
+    assert_eq!(
+        f.writer
+            .soft_delete("s.1", "2024-08-01T00:00:00Z", "2024-08-01T00:00:00Z")
+            .await
+            .unwrap(),
+        lfx_sync::kv::DeleteOutcome::AlreadyDeleted
+    );
+    let newer = json!({"v": 2, "lastmodifieddate": "2030-01-01T00:00:00Z"});
+    assert_eq!(
+        f.writer.write(request("s.1", newer)).await.unwrap(),
+        Outcome::SkippedDeleted
+    );
+    assert_eq!(f.revision("s.1").await, rev);
+}

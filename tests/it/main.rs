@@ -1,8 +1,10 @@
-//! Integration tests against real PostgreSQL and NATS (started by
-//! `scripts/services.sh`); each test uses its own database and buckets.
+//! Integration tests against real PostgreSQL, NATS and moto (S3, DynamoDB),
+//! started by `scripts/services.sh`; each test uses its own database and buckets.
 
 mod backfill;
 mod common;
+mod dynamodb;
 mod guard;
 mod meltano;
+mod s3_state;
 mod target;
