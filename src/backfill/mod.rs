@@ -221,40 +221,28 @@ async fn run_stream(
         bar.advance(batch.len() as u64);
         for record in batch {
             counters.read += 1;
-            let rk_value = ts_field
-                .as_deref()
-                .map(|f| record.get(f).cloned().unwrap_or(Value::Null));
-            let key = {
-                let texts: Vec<_> = spec
-                    .key_properties
+            let key = key::record_key(
+                &settings.key_prefix,
+                &spec.name,
+                spec.key_properties
                     .iter()
-                    .map(|p| record.get(p).and_then(key::key_text))
-                    .collect();
-                key::record_key(
-                    &settings.key_prefix,
-                    &spec.name,
-                    spec.key_properties
-                        .iter()
-                        .zip(&texts)
-                        .map(|(p, t)| (p.as_str(), t.as_ref().map(|t| t.as_str()))),
-                )
-            };
+                    .zip(&record.key)
+                    .map(|(p, t)| (p.as_str(), t.as_deref())),
+            );
+            let rk_value = record.replication_value;
             let seq = match key {
                 Ok(key) => {
-                    queue
-                        .submit(
-                            WriteRequest {
-                                key,
-                                timestamp_field: ts_field.clone(),
-                                record,
-                            },
-                            &mut done,
-                        )
-                        .await
+                    let request = WriteRequest {
+                        key,
+                        timestamp_field: ts_field.clone(),
+                        timestamp: record.timestamp,
+                        body: record.body,
+                    };
+                    queue.submit(request, &mut done).await
                 }
                 Err(reason) => {
                     counters.invalid_key += 1;
-                    log_invalid_key(spec, &record, &reason);
+                    log_invalid_key(spec, &record.key, &reason);
                     queue.pass()
                 }
             };
@@ -321,15 +309,15 @@ fn tally(counters: &mut Counters, done: &mut Vec<Completion>, bookmarks: &mut Bo
     }
 }
 
-fn log_invalid_key(
-    spec: &StreamSpec,
-    record: &serde_json::Map<String, Value>,
-    reason: &InvalidKey,
-) {
+fn log_invalid_key(spec: &StreamSpec, key: &[Option<String>], reason: &InvalidKey) {
     let raw: Vec<String> = spec
         .key_properties
         .iter()
-        .map(|p| format!("{p}={}", record.get(p).unwrap_or(&Value::Null)))
+        .zip(key)
+        .map(|(p, v)| match v {
+            Some(v) => format!("{p}={v:?}"),
+            None => format!("{p}=null"),
+        })
         .collect();
     tracing::warn!(stream = %spec.name, key_values = %raw.join(", "), reason = %reason, "record not written: invalid key");
 }

@@ -9,5 +9,5 @@ pub mod writer;
 
 pub use queue::{Completion, WriteQueue};
 pub use writer::{
-    DeleteOutcome, Encoding, GuardedWriter, Outcome, RefreshMode, WriteError, WriteRequest,
+    Body, DeleteOutcome, Encoding, GuardedWriter, Outcome, RefreshMode, WriteError, WriteRequest,
 };

@@ -79,22 +79,55 @@ pub enum WriteError {
     },
 }
 
+/// A record's value on its way into the bucket, with its `_sdc_extracted_at`;
+/// `_sdc_received_at` is added on write.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// Fields, serialized on write.
+    Record(Map<String, Value>),
+    /// A JSON object the source serialized itself: the backfill's hot path,
+    /// which never builds a map per row.
+    Json(Vec<u8>),
+}
+
 /// One record on its way into the bucket.
 #[derive(Debug, Clone)]
 pub struct WriteRequest {
     pub key: String,
     /// The stream's timestamp field (replication key), if it has one.
     pub timestamp_field: Option<Arc<str>>,
-    /// The record with its `_sdc_extracted_at`; `_sdc_received_at` is added on write.
-    pub record: Map<String, Value>,
+    /// The record's own value of that field, when it is a valid timestamp.
+    pub timestamp: Option<Instant>,
+    pub body: Body,
 }
 
 impl WriteRequest {
     pub fn new(key: String, timestamp_field: Option<Arc<str>>, record: Map<String, Value>) -> Self {
+        let timestamp = timestamp_field
+            .as_deref()
+            .and_then(|f| timestamp::from_json(record.get(f)));
         Self {
             key,
             timestamp_field,
-            record,
+            timestamp,
+            body: Body::Record(record),
+        }
+    }
+}
+
+/// A record as the guard compares it with the stored value.
+#[derive(Debug)]
+enum Incoming {
+    Record(Map<String, Value>),
+    /// Only the value to be stored: decoded again if a payload comparison needs it.
+    Encoded(Bytes),
+}
+
+impl Incoming {
+    fn fields(&self) -> Option<std::borrow::Cow<'_, Map<String, Value>>> {
+        match self {
+            Incoming::Record(m) => Some(std::borrow::Cow::Borrowed(m)),
+            Incoming::Encoded(bytes) => decode(bytes).map(std::borrow::Cow::Owned),
         }
     }
 }
@@ -115,16 +148,20 @@ pub enum DeleteOutcome {
 enum Current {
     /// Never written (revision 0), or a delete/purge marker at `revision`.
     Absent { revision: u64 },
-    /// A value; `None` when it is empty or cannot be decoded.
-    Present {
-        revision: u64,
-        value: Option<Map<String, Value>>,
-    },
+    /// A value, decoded only as far as a decision needs.
+    Present { revision: u64, value: Bytes },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Decision {
-    Write { revision: u64, outcome: Outcome },
+    Write {
+        revision: u64,
+        outcome: Outcome,
+    },
+    /// The stored value is empty or undecodable: replaced, with a warning.
+    Overwrite {
+        revision: u64,
+    },
     Skip(Outcome),
 }
 
@@ -180,12 +217,11 @@ impl GuardedWriter {
         let WriteRequest {
             key,
             timestamp_field,
-            mut record,
+            timestamp: incoming_ts,
+            body: incoming,
         } = request;
         let ts_field = timestamp_field.as_deref();
-        let incoming_ts = ts_field.and_then(|f| timestamp::from_json(record.get(f)));
-        record.insert("_sdc_received_at".to_string(), Value::String(now_rfc3339()));
-        let body = self.encode(&key, &record)?;
+        let (body, incoming) = self.encode_received(&key, incoming)?;
         if body.len() > self.max_value {
             return Err(WriteError::TooLarge {
                 key,
@@ -202,7 +238,7 @@ impl GuardedWriter {
         };
         let mut optimistic = matches!(current, Current::Absent { revision: 0 });
         loop {
-            let decision = decide(&current, ts_field, incoming_ts, &record, self.mode);
+            let decision = decide(&current, ts_field, incoming_ts, &incoming, self.mode);
             if !optimistic {
                 self.note_absent(matches!(current, Current::Absent { .. }));
             }
@@ -212,10 +248,11 @@ impl GuardedWriter {
                     return Ok(outcome);
                 }
                 Decision::Write { revision, outcome } => (revision, outcome),
+                Decision::Overwrite { revision } => {
+                    tracing::warn!(key = %key, "overwriting an empty or undecodable entry");
+                    (revision, Outcome::Updated)
+                }
             };
-            if matches!(current, Current::Present { value: None, .. }) {
-                tracing::warn!(key = %key, "overwriting an empty or undecodable entry");
-            }
             if self.dry_run {
                 return Ok(outcome);
             }
@@ -265,7 +302,9 @@ impl GuardedWriter {
         loop {
             let (revision, mut value) = match self.read(key).await? {
                 Current::Absent { .. } => return Ok(DeleteOutcome::Absent),
-                Current::Present { revision, value } => (revision, value.unwrap_or_default()),
+                Current::Present { revision, value } => {
+                    (revision, decode(&value).unwrap_or_default())
+                }
             };
             if is_soft_deleted(&value) {
                 return Ok(DeleteOutcome::AlreadyDeleted);
@@ -311,9 +350,40 @@ impl GuardedWriter {
             });
     }
 
+    /// The value to store, with `_sdc_received_at` set to now, and the record
+    /// as the guard compares it.
+    fn encode_received(&self, key: &str, body: Body) -> Result<(Bytes, Incoming), WriteError> {
+        let received = now_rfc3339();
+        let not_object = || WriteError::Encode {
+            key: key.to_string(),
+            reason: "the serialized record is not a JSON object".to_string(),
+        };
+        let mut record = match (body, self.encoding) {
+            (Body::Json(mut text), Encoding::Json) => {
+                if !splice_received_at(&mut text, &received) {
+                    return Err(not_object());
+                }
+                let bytes = Bytes::from(text);
+                return Ok((bytes.clone(), Incoming::Encoded(bytes)));
+            }
+            (Body::Json(text), Encoding::MsgPack) => {
+                serde_json::from_slice::<Map<String, Value>>(&text).map_err(|_| not_object())?
+            }
+            (Body::Record(record), _) => record,
+        };
+        record.insert("_sdc_received_at".to_string(), Value::String(received));
+        let bytes = self.encode(key, &record)?;
+        Ok((bytes, Incoming::Record(record)))
+    }
+
     fn encode(&self, key: &str, record: &Map<String, Value>) -> Result<Bytes, WriteError> {
         let encoded = match self.encoding {
-            Encoding::Json => serde_json::to_vec(record).map_err(|e| e.to_string()),
+            Encoding::Json => {
+                let mut out = Vec::with_capacity(1024);
+                serde_json::to_writer(&mut out, record)
+                    .map(|()| out)
+                    .map_err(|e| e.to_string())
+            }
             Encoding::MsgPack => super::msgpack::encode(record),
         };
         encoded
@@ -337,7 +407,7 @@ impl GuardedWriter {
                         },
                         Operation::Put => Current::Present {
                             revision: entry.revision,
-                            value: decode(&entry.value),
+                            value: entry.value,
                         },
                     });
                 }
@@ -401,6 +471,23 @@ fn jitter(round: u32) -> Duration {
     Duration::from_micros(u64::from(nanos % ceiling_us))
 }
 
+/// Adds `_sdc_received_at` to a serialized JSON object in place, before its
+/// closing brace, without parsing it again; false when it is not an object.
+fn splice_received_at(text: &mut Vec<u8>, received: &str) -> bool {
+    let end = text.trim_ascii_end().len();
+    if end < 2 || text[end - 1] != b'}' || text.trim_ascii_start().first() != Some(&b'{') {
+        return false;
+    }
+    text.truncate(end - 1);
+    if text.trim_ascii_end().last() != Some(&b'{') {
+        text.push(b',');
+    }
+    text.extend_from_slice(b"\"_sdc_received_at\":\"");
+    text.extend_from_slice(received.as_bytes());
+    text.extend_from_slice(b"\"}");
+    true
+}
+
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((50u64 << attempt.min(6)).min(3_000))
 }
@@ -428,6 +515,66 @@ pub fn decode(value: &[u8]) -> Option<Map<String, Value>> {
     super::msgpack::decode(value)
 }
 
+/// What the guard reads of a stored value: whether it is soft-deleted, and
+/// its timestamp field.
+struct Peek {
+    deleted: bool,
+    timestamp: Option<Instant>,
+}
+
+/// Reads only the two fields the guard decides on, without building the
+/// value; MessagePack and unusual JSON (escaped keys) are decoded in full.
+/// `None` when the value is empty or cannot be decoded.
+fn peek(value: &[u8], ts_field: Option<&str>) -> Option<Peek> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    struct Fields<'f>(Option<&'f str>);
+    impl<'de> Visitor<'de> for Fields<'_> {
+        type Value = (Option<&'de RawValue>, Option<&'de RawValue>);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut deleted, mut ts) = (None, None);
+            while let Some(key) = map.next_key::<&'de str>()? {
+                if key == "_sdc_deleted_at" {
+                    deleted = Some(map.next_value()?);
+                } else if Some(key) == self.0 {
+                    ts = Some(map.next_value()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok((deleted, ts))
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Fields<'_> {
+        type Value = (Option<&'de RawValue>, Option<&'de RawValue>);
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    if value.trim_ascii_start().first() == Some(&b'{') {
+        let mut de = serde_json::Deserializer::from_slice(value);
+        if let Ok((deleted, ts)) = Fields(ts_field).deserialize(&mut de)
+            && de.end().is_ok()
+        {
+            let deleted = deleted.is_some_and(|raw| !matches!(raw.get(), "null" | "\"\""));
+            let timestamp = ts
+                .and_then(|raw| serde_json::from_str::<std::borrow::Cow<str>>(raw.get()).ok())
+                .and_then(|text| timestamp::parse(&text));
+            return Some(Peek { deleted, timestamp });
+        }
+    }
+    let map = decode(value)?;
+    Some(Peek {
+        deleted: is_soft_deleted(&map),
+        timestamp: ts_field.and_then(|f| timestamp::from_json(map.get(f))),
+    })
+}
+
 /// A stored value is soft-deleted when `_sdc_deleted_at` is present, non-null and not "".
 pub fn is_soft_deleted(value: &Map<String, Value>) -> bool {
     match value.get("_sdc_deleted_at") {
@@ -451,7 +598,7 @@ fn decide(
     current: &Current,
     ts_field: Option<&str>,
     incoming_ts: Option<Instant>,
-    incoming: &Map<String, Value>,
+    incoming: &Incoming,
     mode: RefreshMode,
 ) -> Decision {
     let (revision, stored) = match current {
@@ -461,41 +608,35 @@ fn decide(
                 outcome: Outcome::Created,
             };
         }
-        Current::Present {
-            revision,
-            value: None,
-        } => {
-            return Decision::Write {
-                revision: *revision,
-                outcome: Outcome::Updated,
-            };
-        }
-        Current::Present {
-            revision,
-            value: Some(value),
-        } => (*revision, value),
+        Current::Present { revision, value } => (*revision, value),
+    };
+    let Some(peek) = peek(stored, ts_field) else {
+        return Decision::Overwrite { revision };
     };
     let update = Decision::Write {
         revision,
         outcome: Outcome::Updated,
     };
-    if is_soft_deleted(stored) {
+    if peek.deleted {
         return Decision::Skip(Outcome::SkippedDeleted);
     }
     if mode == RefreshMode::Full {
         return update;
     }
     let by_payload = || {
-        if same_payload(stored, incoming) {
+        let same = decode(stored)
+            .zip(incoming.fields())
+            .is_some_and(|(stored, fields)| same_payload(&stored, &fields));
+        if same {
             Decision::Skip(Outcome::Unchanged)
         } else {
             update
         }
     };
-    let Some(field) = ts_field else {
+    if ts_field.is_none() {
         return by_payload();
-    };
-    let stored_ts = timestamp::from_json(stored.get(field));
+    }
+    let stored_ts = peek.timestamp;
     match (stored_ts, incoming_ts) {
         (Some(stored_ts), Some(incoming_ts)) => {
             if stored_ts > incoming_ts {
@@ -532,14 +673,14 @@ mod tests {
     fn present(v: Value) -> Current {
         Current::Present {
             revision: 7,
-            value: Some(map(v)),
+            value: Bytes::from(serde_json::to_vec(&v).unwrap()),
         }
     }
 
     fn decide_ts(current: &Current, incoming: Value, mode: RefreshMode) -> Decision {
         let incoming = map(incoming);
         let ts = timestamp::from_json(incoming.get("ts"));
-        decide(current, Some("ts"), ts, &incoming, mode)
+        decide(current, Some("ts"), ts, &Incoming::Record(incoming), mode)
     }
 
     const UPDATE: Decision = Decision::Write {
@@ -667,9 +808,14 @@ mod tests {
     #[test]
     fn untimed_streams_compare_payloads_without_metadata() {
         let stored = present(json!({"a": 1, "b": [1, 2], "_sdc_received_at": "x"}));
-        let same = map(json!({"a": 1, "b": [1, 2], "_sdc_extracted_at": "y"}));
-        let differs = map(json!({"a": 1, "b": [2, 1]}));
-        let more = map(json!({"a": 1, "b": [1, 2], "c": null}));
+        let same = Incoming::Record(map(json!({"a": 1, "b": [1, 2], "_sdc_extracted_at": "y"})));
+        let differs = Incoming::Record(map(json!({"a": 1, "b": [2, 1]})));
+        let more = Incoming::Encoded(Bytes::from_static(br#"{"a": 1, "b": [1, 2], "c": null}"#));
+        let same_json = Incoming::Encoded(Bytes::from_static(br#"{"a":1,"b":[1,2]}"#));
+        assert_eq!(
+            decide(&stored, None, None, &same_json, RefreshMode::Newer),
+            Decision::Skip(Outcome::Unchanged)
+        );
         assert_eq!(
             decide(&stored, None, None, &same, RefreshMode::Newer),
             Decision::Skip(Outcome::Unchanged)
@@ -685,21 +831,86 @@ mod tests {
     }
 
     #[test]
-    fn undecodable_entry_is_overwritten() {
-        let cur = Current::Present {
-            revision: 7,
-            value: None,
+    fn serialized_bodies_get_received_at_spliced_in() {
+        let spliced = |text: &str| -> Map<String, Value> {
+            let mut bytes = text.as_bytes().to_vec();
+            assert!(splice_received_at(&mut bytes, "2024-01-01T00:00:00Z"));
+            serde_json::from_slice(&bytes).unwrap()
         };
-        assert_eq!(
-            decide_ts(
-                &cur,
-                json!({"ts": "2024-01-01T00:00:00Z"}),
-                RefreshMode::Newer
-            ),
-            UPDATE
-        );
+        let one = spliced(r#"{"a":1,"_sdc_extracted_at":"x"} "#);
+        assert_eq!(one["a"], json!(1));
+        assert_eq!(one["_sdc_received_at"], json!("2024-01-01T00:00:00Z"));
+        assert_eq!(spliced("{}").len(), 1);
+        assert_eq!(spliced("{ }").len(), 1);
+        assert!(!splice_received_at(&mut b"[1]".to_vec(), "x"));
+        assert!(!splice_received_at(&mut b"}".to_vec(), "x"));
+    }
+
+    #[test]
+    fn undecodable_entry_is_overwritten() {
+        for raw in [&b""[..], b"not json", b"{\"a\": 1", b"\x01{"] {
+            let cur = Current::Present {
+                revision: 7,
+                value: Bytes::copy_from_slice(raw),
+            };
+            assert_eq!(
+                decide_ts(
+                    &cur,
+                    json!({"ts": "2024-01-01T00:00:00Z"}),
+                    RefreshMode::Newer
+                ),
+                Decision::Overwrite { revision: 7 },
+                "{raw:?}"
+            );
+        }
         assert!(decode(b"").is_none());
         assert!(decode(b"not json").is_none());
+    }
+
+    #[test]
+    fn peek_reads_deletion_and_timestamp_from_every_encoding() {
+        let cases: [(&[u8], bool, bool); 6] = [
+            (
+                br#"{"ts":"2024-01-01T00:00:00Z","_sdc_deleted_at":null}"#,
+                false,
+                true,
+            ),
+            (
+                br#"{"_sdc_deleted_at":"","ts":"2024-01-01T00:00:00Z"}"#,
+                false,
+                true,
+            ),
+            (
+                br#"{"_sdc_deleted_at":"2024-01-02T00:00:00Z","big":{"x":[1,2]}}"#,
+                true,
+                false,
+            ),
+            // An escaped key makes the borrowing reader give way to a full decode.
+            (
+                br#"{"t\u0073":"2024-01-01T00:00:00Z","_sdc_deleted_at":"x"}"#,
+                true,
+                true,
+            ),
+            (br#"{"ts":"2024-01-01T00:00:00\u005a"}"#, false, true),
+            (br#"{"ts":1704067200}"#, false, false),
+        ];
+        for (raw, deleted, has_ts) in cases {
+            let p =
+                peek(raw, Some("ts")).unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(raw)));
+            assert_eq!(p.deleted, deleted, "{}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                p.timestamp.is_some(),
+                has_ts,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let packed = crate::kv::msgpack::encode(&map(
+            json!({"ts": "2024-01-01T00:00:00Z", "_sdc_deleted_at": "y"}),
+        ))
+        .unwrap();
+        let p = peek(&packed, Some("ts")).unwrap();
+        assert!(p.deleted && p.timestamp.is_some());
     }
 
     #[test]

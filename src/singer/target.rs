@@ -343,11 +343,7 @@ impl<W: Write> Target<W> {
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         });
         record.insert("_sdc_extracted_at".to_string(), Value::String(extracted));
-        let request = WriteRequest {
-            key,
-            timestamp_field: info.timestamp_field.clone(),
-            record,
-        };
+        let request = WriteRequest::new(key, info.timestamp_field.clone(), record);
         let seq = self.queue.submit(request, &mut self.done).await;
         self.origins.insert(seq, origin.clone());
         Ok(())

@@ -8,6 +8,10 @@ pub mod postgres;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use crate::kv::Body;
+use crate::kv::key::key_text;
+use crate::kv::timestamp::{self, Instant};
+
 /// One stream as the backfill sees it, whatever the source.
 #[derive(Debug, Clone)]
 pub struct StreamSpec {
@@ -22,9 +26,53 @@ pub struct StreamSpec {
     pub ordered: bool,
 }
 
+/// One record as a source hands it over: what the backfill needs to key it,
+/// bookmark it and guard it, and its value.
+#[derive(Debug)]
+pub struct SourceRecord {
+    /// The key property values as key text (`None` for null), in order.
+    pub key: Vec<Option<String>>,
+    /// The replication key value as a bookmark stores it (null when the record
+    /// has none); `None` for streams without a replication key.
+    pub replication_value: Option<Value>,
+    /// The guard's timestamp: the replication key value, when it is one.
+    pub timestamp: Option<Instant>,
+    pub body: Body,
+}
+
+impl SourceRecord {
+    /// For sources that build records as maps: takes the key, bookmark and
+    /// timestamp out of the fields.
+    pub fn from_fields(spec: &StreamSpec, fields: Map<String, Value>) -> Self {
+        let key = spec
+            .key_properties
+            .iter()
+            .map(|p| {
+                fields
+                    .get(p)
+                    .and_then(key_text)
+                    .map(|t| t.as_str().to_string())
+            })
+            .collect();
+        let replication_value = spec
+            .replication_key
+            .as_deref()
+            .map(|rk| fields.get(rk).cloned().unwrap_or(Value::Null));
+        let timestamp = timestamp::from_json(replication_value.as_ref());
+        Self {
+            key,
+            replication_value,
+            timestamp,
+            body: Body::Record(fields),
+        }
+    }
+}
+
+pub type Batch = Vec<SourceRecord>;
+
 /// Records of one stream, read in batches by a background task so reading
 /// overlaps writing; the channel's bound keeps memory bounded.
-pub type Batches = mpsc::Receiver<Result<Vec<Map<String, Value>>, SourceError>>;
+pub type Batches = mpsc::Receiver<Result<Batch, SourceError>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

@@ -35,11 +35,11 @@ fn object(v: Value) -> Map<String, Value> {
 }
 
 fn request(key: &str, record: Value) -> WriteRequest {
-    WriteRequest {
-        key: key.to_string(),
-        timestamp_field: Some(Arc::from("lastmodifieddate")),
-        record: object(record),
-    }
+    WriteRequest::new(
+        key.to_string(),
+        Some(Arc::from("lastmodifieddate")),
+        object(record),
+    )
 }
 
 impl Fixture {
@@ -239,11 +239,7 @@ async fn record_without_a_valid_timestamp_never_replaces_a_timestamped_entry() {
 #[tokio::test]
 async fn streams_without_a_timestamp_compare_payloads() {
     let f = fixture(RefreshMode::Newer).await;
-    let untimed = |v: Value| WriteRequest {
-        key: "m.1".into(),
-        timestamp_field: None,
-        record: object(v),
-    };
+    let untimed = |v: Value| WriteRequest::new("m.1".into(), None, object(v));
     let rec = json!({"id": "1", "meeting": "x", "_sdc_extracted_at": "2024-01-01T00:00:00Z"});
     assert_eq!(
         f.writer.write(untimed(rec.clone())).await.unwrap(),

@@ -19,10 +19,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryFutureExt};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{Batches, Source, SourceError, StreamSpec};
+use super::{Batch, Batches, Source, SourceError, SourceRecord, StreamSpec};
 use crate::aws;
 use crate::config::{DynamoConfig, DynamoTable};
 
@@ -40,6 +40,8 @@ pub struct DynamoSource {
 /// How to scan one table.
 #[derive(Debug)]
 struct Plan {
+    /// What the backfill sees of the table; records are keyed from it.
+    spec: StreamSpec,
     table: String,
     timestamp: Option<String>,
     item_count: Option<u64>,
@@ -126,13 +128,15 @@ impl DynamoSource {
             };
             let mut key = description.key_schema().to_vec();
             key.sort_by_key(|k| *k.key_type() != KeyType::Hash);
-            specs.push(StreamSpec {
+            let spec = StreamSpec {
                 name: table.table.clone(),
                 key_properties: key.iter().map(|k| k.attribute_name().to_string()).collect(),
                 replication_key: table.timestamp.clone(),
                 ordered: false,
-            });
+            };
+            specs.push(spec.clone());
             plans.push(Arc::new(Plan {
+                spec,
                 table: table.table.clone(),
                 timestamp: table.timestamp.clone(),
                 item_count: description.item_count().and_then(|n| u64::try_from(n).ok()),
@@ -246,7 +250,7 @@ async fn scan(
     client: &Client,
     plan: &Plan,
     filter: Option<&Filter>,
-    tx: &mpsc::Sender<Result<Vec<Map<String, Value>>, SourceError>>,
+    tx: &mpsc::Sender<Result<Batch, SourceError>>,
 ) -> Result<(), SourceError> {
     tracing::debug!(table = %plan.table, segments = plan.segments, filter = ?filter, "scanning");
     // The first failing segment ends the read; dropping the others cancels them.
@@ -262,7 +266,7 @@ async fn scan_segment(
     plan: &Plan,
     filter: Option<&Filter>,
     segment: u32,
-    tx: &mpsc::Sender<Result<Vec<Map<String, Value>>, SourceError>>,
+    tx: &mpsc::Sender<Result<Batch, SourceError>>,
 ) -> Result<(), SourceError> {
     let fail = |reason: String| SourceError::Read {
         stream: plan.table.clone(),
@@ -307,7 +311,7 @@ async fn scan_segment(
         for item in page.items.unwrap_or_default() {
             let mut record = value::item(item).map_err(fail)?;
             record.insert("_sdc_extracted_at".to_string(), extracted_at.clone());
-            batch.push(record);
+            batch.push(SourceRecord::from_fields(&plan.spec, record));
         }
         if !batch.is_empty() && tx.send(Ok(batch)).await.is_err() {
             // The reader was dropped: the run is stopping.
@@ -400,6 +404,12 @@ mod tests {
 
     fn plan(timestamp: Option<&str>) -> Plan {
         Plan {
+            spec: StreamSpec {
+                name: "itx-poll".into(),
+                key_properties: vec!["id".into()],
+                replication_key: timestamp.map(str::to_string),
+                ordered: false,
+            },
             table: "itx-poll".into(),
             timestamp: timestamp.map(str::to_string),
             item_count: None,

@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use serde_json::{Map, Value};
+use serde_json::Value;
 // Dynamic SQL here is built from catalog names, always quoted, and binds
 // every value: nothing from configuration reaches it as text.
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use tokio::sync::mpsc;
 
 use self::render::Kind;
-use super::{Batches, Source, SourceError, StreamSpec};
+use super::{Batch, Batches, Source, SourceError, SourceRecord, StreamSpec};
 use crate::config::{PgStream, PostgresConfig};
+use crate::kv::Body;
+use crate::kv::timestamp;
 
 /// Rows fetched per round trip from the cursor.
 const FETCH_ROWS: usize = 1_000;
@@ -34,6 +36,10 @@ struct Plan {
     stream: String,
     table: String,
     columns: Vec<(String, Kind)>,
+    /// Positions in `columns` of the key properties, in key order.
+    key_columns: Vec<usize>,
+    /// Position in `columns` of the replication key.
+    replication_column: Option<usize>,
     select_list: String,
     /// The replication key column, quoted, and its SQL type.
     replication_key: Option<(String, String)>,
@@ -220,13 +226,21 @@ async fn discover(
     Ok(Ok((
         StreamSpec {
             name: stream.name.clone(),
-            key_properties: key,
+            key_properties: key.clone(),
             replication_key: stream.replication_key.clone(),
             ordered: true,
         },
         Plan {
             stream: stream.name.clone(),
             table,
+            key_columns: key
+                .iter()
+                .filter_map(|k| columns.iter().position(|(n, ..)| n == k))
+                .collect(),
+            replication_column: stream
+                .replication_key
+                .as_ref()
+                .and_then(|rk| columns.iter().position(|(n, ..)| n == rk)),
             columns: columns.iter().map(|(n, _, k, _)| (n.clone(), *k)).collect(),
             select_list,
             replication_key,
@@ -261,7 +275,7 @@ async fn read_stream(
     url: &str,
     plan: &Plan,
     since: Option<Value>,
-    tx: &mpsc::Sender<Result<Vec<Map<String, Value>>, SourceError>>,
+    tx: &mpsc::Sender<Result<Batch, SourceError>>,
 ) -> Result<(), SourceError> {
     let fail = |e: sqlx::Error| SourceError::Read {
         stream: plan.stream.clone(),
@@ -278,6 +292,20 @@ async fn read_stream(
         query = query.bind(bookmark_text(value));
     }
     query.execute(&mut *tx_db).await.map_err(fail)?;
+    // `,"column":` for every column, escaped once per stream, not per row.
+    let prefixes: Vec<Vec<u8>> = plan
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let mut p = Vec::with_capacity(name.len() + 4);
+            p.push(if i == 0 { b'{' } else { b',' });
+            render::write_str(name, &mut p);
+            p.push(b':');
+            p
+        })
+        .collect();
+    let mut size_hint = 256;
     let fetch = format!("FETCH FORWARD {FETCH_ROWS} FROM lfx_sync_read");
     loop {
         let rows = sqlx::query(AssertSqlSafe(fetch.as_str()))
@@ -287,24 +315,49 @@ async fn read_stream(
         if rows.is_empty() {
             break;
         }
-        let extracted_at =
-            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        let mut extracted_at = Vec::with_capacity(48);
+        extracted_at.extend_from_slice(b",\"_sdc_extracted_at\":");
+        render::write_str(
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            &mut extracted_at,
+        );
+        extracted_at.push(b'}');
         let mut batch = Vec::with_capacity(rows.len());
         for row in &rows {
-            let mut record = Map::with_capacity(plan.columns.len() + 2);
+            let mut json = Vec::with_capacity(size_hint);
+            let mut key = vec![None; plan.key_columns.len()];
+            let mut replication_value = plan.replication_column.map(|_| Value::Null);
             for (i, (name, kind)) in plan.columns.iter().enumerate() {
-                let text: Option<&str> = row.try_get(i).map_err(fail)?;
-                let value = match text {
-                    None => Value::Null,
-                    Some(t) => render::render(*kind, t).map_err(|reason| SourceError::Read {
-                        stream: plan.stream.clone(),
-                        reason: format!("column {name}: {reason}"),
-                    })?,
+                json.extend_from_slice(&prefixes[i]);
+                // Every column is selected as text: no per-value type check needed.
+                let text: Option<&str> = row.try_get_unchecked(i).map_err(fail)?;
+                let Some(text) = text else {
+                    json.extend_from_slice(b"null");
+                    continue;
                 };
-                record.insert(name.clone(), value);
+                let bad = |reason: String| SourceError::Read {
+                    stream: plan.stream.clone(),
+                    reason: format!("column {name}: {reason}"),
+                };
+                render::write_json(*kind, text, &mut json).map_err(bad)?;
+                for (k, column) in plan.key_columns.iter().enumerate() {
+                    if *column == i {
+                        key[k] = Some(render::key_text(*kind, text));
+                    }
+                }
+                if plan.replication_column == Some(i) {
+                    replication_value = Some(render::render(*kind, text).map_err(bad)?);
+                }
             }
-            record.insert("_sdc_extracted_at".to_string(), extracted_at.clone());
-            batch.push(record);
+            json.extend_from_slice(&extracted_at);
+            size_hint = size_hint.max(json.len() + 64);
+            let timestamp = timestamp::from_json(replication_value.as_ref());
+            batch.push(SourceRecord {
+                key,
+                replication_value,
+                timestamp,
+                body: Body::Json(json),
+            });
         }
         if tx.send(Ok(batch)).await.is_err() {
             // The reader was dropped: the run is stopping.

@@ -67,6 +67,91 @@ pub fn render(kind: Kind, text: &str) -> Result<Value, String> {
     })
 }
 
+/// Appends one non-NULL value as JSON to `out`: the same JSON `render`
+/// produces, written straight from the column text without building a value.
+pub fn write_json(kind: Kind, text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    match kind {
+        Kind::Text => write_str(text, out),
+        Kind::Bool => out.extend_from_slice(if text == "t" || text == "true" {
+            b"true"
+        } else {
+            b"false"
+        }),
+        Kind::Exact if is_plain_number(text) => out.extend_from_slice(text.as_bytes()),
+        Kind::Exact => write_str(text, out),
+        Kind::Float => match text.parse::<f64>() {
+            Ok(f) if f.is_finite() => out.extend_from_slice(python_repr(f).as_bytes()),
+            _ => write_str(text, out),
+        },
+        Kind::Json => minify_json(text, out)?,
+        Kind::Timestamp => write_str(&timestamp(text), out),
+    }
+    Ok(())
+}
+
+/// The text a value has as a key part: strings as they are, numbers with the
+/// digits they are written with, the rest as rendered.
+pub fn key_text(kind: Kind, text: &str) -> String {
+    match kind {
+        Kind::Text | Kind::Exact => text.to_string(),
+        Kind::Bool => (text == "t" || text == "true").to_string(),
+        Kind::Float => text
+            .parse::<f64>()
+            .map(python_repr)
+            .unwrap_or_else(|_| text.to_string()),
+        Kind::Timestamp => timestamp(text),
+        Kind::Json => {
+            let mut out = Vec::with_capacity(text.len());
+            match minify_json(text, &mut out) {
+                Ok(()) => String::from_utf8_lossy(&out).into_owned(),
+                Err(_) => text.to_string(),
+            }
+        }
+    }
+}
+
+pub fn write_str(text: &str, out: &mut Vec<u8>) {
+    // Serializing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// PostgreSQL prints integers and numerics as plain decimal digits, but for
+/// numeric's NaN and infinities, which have no JSON number form.
+fn is_plain_number(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    digits.starts_with(|c: char| c.is_ascii_digit())
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// Copies JSON text without the whitespace PostgreSQL puts between tokens
+/// (`{"a": 1, "b": [1, 2]}`), keeping every number and string as written.
+fn minify_json(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
+    let start = out.len();
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !b.is_ascii_whitespace() {
+            if b == b'"' {
+                in_string = true;
+            }
+            out.push(b);
+        }
+    }
+    if in_string || out.len() == start {
+        return Err("invalid JSON from the server".to_string());
+    }
+    Ok(())
+}
+
 fn float(text: &str) -> Value {
     match text.parse::<f64>() {
         Ok(f) if f.is_finite() => {
@@ -193,6 +278,46 @@ mod tests {
             "1970-01-01T00:00:00.000000+00:00"
         );
         assert_eq!(timestamp("infinity"), "infinity");
+    }
+
+    fn written(kind: Kind, text: &str) -> String {
+        let mut out = Vec::new();
+        write_json(kind, text, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn written_json_is_what_render_builds() {
+        for (kind, text) in [
+            (Kind::Text, "line1\nline2 \"q\" \\ \u{1} 日本"),
+            (Kind::Exact, "-1234567890123456.78"),
+            (Kind::Exact, "NaN"),
+            (Kind::Float, "-0"),
+            (Kind::Float, "1.7976931348623157e+308"),
+            (Kind::Float, "Infinity"),
+            (Kind::Bool, "t"),
+            (
+                Kind::Json,
+                r#"{"a": 1, "b": [1, 2.50, {"c d": "x , y : z"}], "e": "\" , "}"#,
+            ),
+            (Kind::Json, r#"["a,b", "c\"d", null, "x"]"#),
+            (Kind::Json, "null"),
+            (Kind::Timestamp, "2024-03-03 03:45:30.5+00"),
+        ] {
+            let json = written(kind, text);
+            let parsed: Value =
+                serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(parsed, render(kind, text).unwrap(), "{kind:?} {text}");
+            assert_eq!(
+                json,
+                serde_json::to_string(&parsed).unwrap(),
+                "{kind:?} {text}: not compact"
+            );
+        }
+        assert_eq!(written(Kind::Float, "-0"), "0.0");
+        assert_eq!(written(Kind::Exact, "100.50"), "100.50");
+        assert_eq!(key_text(Kind::Bool, "f"), "false");
+        assert_eq!(key_text(Kind::Exact, "42"), "42");
     }
 
     #[test]
