@@ -5,7 +5,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::message::{BatchEncoding, Message};
@@ -200,12 +201,13 @@ fn expand_batch(
             if line.trim().is_empty() {
                 continue;
             }
-            let message = match serde_json::from_str::<Map<String, Value>>(&line) {
-                Ok(record) => Ok(Message::Record {
+            let message = match serde_json::from_str::<Box<RawValue>>(&line) {
+                Ok(record) if record.get().starts_with('{') => Ok(Message::Record {
                     stream: stream.to_string(),
                     record,
                     time_extracted: None,
                 }),
+                Ok(_) => Err("a BATCH record is not a JSON object".to_string()),
                 Err(e) => Err(format!("not a JSON record ({e})")),
             };
             let stop = message.is_err();

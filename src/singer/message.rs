@@ -1,7 +1,8 @@
 //! Singer messages, one JSON object per line, as real taps write them.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// A message as it appears on the wire; which fields matter depends on `type`.
 #[derive(Debug, Deserialize)]
@@ -9,7 +10,8 @@ struct Wire {
     #[serde(rename = "type")]
     kind: Option<String>,
     stream: Option<String>,
-    record: Option<Value>,
+    /// Kept as text: most records are stored as they came, never built into values.
+    record: Option<Box<RawValue>>,
     schema: Option<Value>,
     key_properties: Option<Vec<String>>,
     bookmark_properties: Option<Vec<String>>,
@@ -37,7 +39,8 @@ pub enum Message {
     },
     Record {
         stream: String,
-        record: Map<String, Value>,
+        /// A JSON object, as the tap wrote it.
+        record: Box<RawValue>,
         time_extracted: Option<String>,
     },
     State {
@@ -92,16 +95,14 @@ impl Message {
                 bookmark_properties: wire.bookmark_properties.unwrap_or_default(),
             }),
             "RECORD" => {
-                let record = match require("RECORD", "record", wire.record)? {
-                    Value::Object(m) => m,
-                    _ => {
-                        return Err(MessageError::Invalid {
-                            kind: "RECORD",
-                            field: "record",
-                            expected: "an object",
-                        });
-                    }
-                };
+                let record = require("RECORD", "record", wire.record)?;
+                if !record.get().starts_with('{') {
+                    return Err(MessageError::Invalid {
+                        kind: "RECORD",
+                        field: "record",
+                        expected: "an object",
+                    });
+                }
                 Ok(Message::Record {
                     stream: require("RECORD", "stream", wire.stream)?,
                     record,
@@ -202,7 +203,7 @@ mod tests {
             panic!("not a record")
         };
         assert_eq!(
-            serde_json::to_string(&record).unwrap(),
+            record.get(),
             r#"{"n":12345678901234567890123456789012345678,"f":0.51000000000000000000}"#
         );
     }

@@ -6,12 +6,14 @@ use std::io::Write;
 use std::sync::Arc;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::input::{self, Origin};
 use super::message::Message;
 use crate::kv::key;
-use crate::kv::{Completion, GuardedWriter, Outcome, WriteQueue, WriteRequest};
+use crate::kv::timestamp;
+use crate::kv::{Body, Completion, GuardedWriter, Outcome, WriteQueue, WriteRequest};
 
 /// Timestamp fields recognised when a SCHEMA names no `bookmark_properties`
 /// (FULL_TABLE streams): the v1 replication keys, in order of preference.
@@ -26,6 +28,101 @@ const KNOWN_TIMESTAMPS: &[&str] = &[
     "last_modified_time",
     "date_modified",
 ];
+
+/// A key property value, as raw JSON text or as a value.
+enum RawKey<'a> {
+    Raw(&'a RawValue),
+    Value(Value),
+}
+
+impl RawKey<'_> {
+    /// Key text as `kv::key::key_text` renders it: strings as they are,
+    /// numbers with their digits, booleans as words; null is absent.
+    fn text(&self) -> Option<String> {
+        match self {
+            RawKey::Value(v) => key::key_text(v).map(|t| t.as_str().to_string()),
+            RawKey::Raw(raw) => match raw.get() {
+                "null" => None,
+                text if text.starts_with('"') => serde_json::from_str::<String>(text).ok(),
+                text => Some(text.to_string()),
+            },
+        }
+    }
+
+    fn json(&self) -> String {
+        match self {
+            RawKey::Raw(raw) => raw.get().to_string(),
+            RawKey::Value(v) => v.to_string(),
+        }
+    }
+}
+
+/// What the target reads of a record without building it.
+struct Picked<'a> {
+    keys: Vec<Option<&'a RawValue>>,
+    timestamp: Option<&'a RawValue>,
+}
+
+/// Picks the key properties and the timestamp field out of a record's text.
+/// `None` sends the record down the slow path: keys with escapes, or `_sdc_*`
+/// fields of its own (the spliced metadata would repeat them).
+fn pick<'a>(
+    record: &'a str,
+    key_properties: &[String],
+    ts_field: Option<&str>,
+) -> Option<Picked<'a>> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    struct Seed<'k> {
+        keys: &'k [String],
+        ts: Option<&'k str>,
+    }
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = Option<Picked<'de>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut picked = Picked {
+                keys: vec![None; self.keys.len()],
+                timestamp: None,
+            };
+            let mut own_metadata = false;
+            while let Some(name) = map.next_key::<&'de str>()? {
+                own_metadata |= name.starts_with("_sdc_");
+                let key_at = self.keys.iter().position(|k| k == name);
+                let is_ts = self.ts == Some(name);
+                if key_at.is_some() || is_ts {
+                    let raw: &'de RawValue = map.next_value()?;
+                    if let Some(i) = key_at {
+                        picked.keys[i] = Some(raw);
+                    }
+                    if is_ts {
+                        picked.timestamp = Some(raw);
+                    }
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok((!own_metadata).then_some(picked))
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = Option<Picked<'de>>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(record);
+    let picked = Seed {
+        keys: key_properties,
+        ts: ts_field,
+    }
+    .deserialize(&mut de)
+    .ok()??;
+    de.end().ok()?;
+    Some(picked)
+}
 
 /// Validation problems logged per stream before they are only counted.
 const LOGGED_INVALID: u64 = 20;
@@ -286,7 +383,7 @@ impl<W: Write> Target<W> {
     async fn record(
         &mut self,
         stream: String,
-        mut record: Map<String, Value>,
+        record: Box<RawValue>,
         time_extracted: Option<String>,
         origin: &Origin,
     ) -> Result<(), String> {
@@ -295,36 +392,88 @@ impl<W: Write> Target<W> {
         };
         let counters = self.counters.entry(stream.clone()).or_default();
         counters.read += 1;
-        for p in &info.key_properties {
-            if !record.contains_key(p) {
-                return Err(format!("record lacks key property {p:?}"));
-            }
-        }
-        if let Some(validator) = &info.validator {
-            let value = Value::Object(record);
-            if let Some(error) = validator.iter_errors(&value).next() {
-                counters.invalid_record += 1;
-                if counters.invalid_record <= LOGGED_INVALID {
-                    tracing::warn!(%origin, %stream, at = %error.instance_path(), error = %error, "record does not match its schema (written anyway)");
+        let extracted = time_extracted.unwrap_or_else(|| {
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        });
+        // The record goes to the bucket as the tap wrote it, with the metadata
+        // spliced in; it is built into values only to be validated, or when it
+        // carries `_sdc_*` fields of its own (or keys this fast reader skips).
+        let fast = if info.validator.is_none() {
+            pick(
+                record.get(),
+                &info.key_properties,
+                info.timestamp_field.as_deref(),
+            )
+        } else {
+            None
+        };
+        let (key_values, timestamp, body) = match fast {
+            Some(picked) => {
+                let mut key_values = Vec::with_capacity(info.key_properties.len());
+                for (p, raw) in info.key_properties.iter().zip(&picked.keys) {
+                    match raw {
+                        None => return Err(format!("record lacks key property {p:?}")),
+                        Some(raw) => key_values.push(RawKey::Raw(raw)),
+                    }
                 }
+                let timestamp = picked.timestamp.and_then(|raw| {
+                    serde_json::from_str::<std::borrow::Cow<str>>(raw.get())
+                        .ok()
+                        .and_then(|t| timestamp::parse(&t))
+                });
+                let mut body = Vec::with_capacity(record.get().len() + 128);
+                body.extend_from_slice(record.get().trim_end().as_bytes());
+                body.pop(); // the closing brace, checked when the message was parsed
+                if body.trim_ascii_end().last() != Some(&b'{') {
+                    body.push(b',');
+                }
+                body.extend_from_slice(b"\"_sdc_extracted_at\":");
+                let _ = serde_json::to_writer(&mut body, &extracted);
+                body.push(b'}');
+                (key_values, timestamp, Body::Json(body))
             }
-            record = match value {
-                Value::Object(m) => m,
-                _ => unreachable!("wrapped an object above"),
-            };
-        }
-        let texts: Vec<_> = info
-            .key_properties
-            .iter()
-            .map(|p| record.get(p).and_then(key::key_text))
-            .collect();
+            None => {
+                let mut fields: Map<String, Value> = serde_json::from_str(record.get())
+                    .map_err(|e| format!("record is not a JSON object: {e}"))?;
+                for p in &info.key_properties {
+                    if !fields.contains_key(p) {
+                        return Err(format!("record lacks key property {p:?}"));
+                    }
+                }
+                if let Some(validator) = &info.validator {
+                    let value = Value::Object(fields);
+                    if let Some(error) = validator.iter_errors(&value).next() {
+                        counters.invalid_record += 1;
+                        if counters.invalid_record <= LOGGED_INVALID {
+                            tracing::warn!(%origin, %stream, at = %error.instance_path(), error = %error, "record does not match its schema (written anyway)");
+                        }
+                    }
+                    let Value::Object(back) = value else {
+                        unreachable!("wrapped an object above")
+                    };
+                    fields = back;
+                }
+                let key_values = info
+                    .key_properties
+                    .iter()
+                    .map(|p| RawKey::Value(fields.get(p).cloned().unwrap_or(Value::Null)))
+                    .collect();
+                fields.insert("_sdc_extracted_at".to_string(), Value::String(extracted));
+                let timestamp = info
+                    .timestamp_field
+                    .as_deref()
+                    .and_then(|f| timestamp::from_json(fields.get(f)));
+                (key_values, timestamp, Body::Record(fields))
+            }
+        };
+        let texts: Vec<Option<String>> = key_values.iter().map(RawKey::text).collect();
         let key = key::record_key(
             &self.key_prefix,
             &stream,
             info.key_properties
                 .iter()
                 .zip(&texts)
-                .map(|(p, t)| (p.as_str(), t.as_ref().map(|t| t.as_str()))),
+                .map(|(p, t)| (p.as_str(), t.as_deref())),
         );
         let key = match key {
             Ok(k) => k,
@@ -333,17 +482,19 @@ impl<W: Write> Target<W> {
                 let raw: Vec<String> = info
                     .key_properties
                     .iter()
-                    .map(|p| format!("{p}={}", record.get(p).unwrap_or(&Value::Null)))
+                    .zip(&key_values)
+                    .map(|(p, v)| format!("{p}={}", v.json()))
                     .collect();
                 tracing::warn!(%origin, %stream, key_values = %raw.join(", "), %reason, "record not written: invalid key");
                 return Ok(());
             }
         };
-        let extracted = time_extracted.unwrap_or_else(|| {
-            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-        });
-        record.insert("_sdc_extracted_at".to_string(), Value::String(extracted));
-        let request = WriteRequest::new(key, info.timestamp_field.clone(), record);
+        let request = WriteRequest {
+            key,
+            timestamp_field: info.timestamp_field.clone(),
+            timestamp,
+            body,
+        };
         let seq = self.queue.submit(request, &mut self.done).await;
         self.origins.insert(seq, origin.clone());
         Ok(())
@@ -395,5 +546,62 @@ impl<W: Write> Target<W> {
             .map_err(TargetError::Stdout)?;
         self.states_emitted += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(p: &Picked) -> Vec<Option<String>> {
+        p.keys
+            .iter()
+            .map(|k| k.map(|r| r.get().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn pick_reads_keys_and_timestamp_from_the_text() {
+        let key = vec!["a".to_string(), "b".to_string()];
+        let p = pick(
+            r#"{"b": 12.50, "x": {"a": 1}, "a": "k:1", "ts": "2024-01-01T00:00:00Z"}"#,
+            &key,
+            Some("ts"),
+        )
+        .unwrap();
+        assert_eq!(
+            keys(&p),
+            vec![Some("\"k:1\"".to_string()), Some("12.50".to_string())]
+        );
+        assert_eq!(
+            p.timestamp.map(|r| r.get()),
+            Some("\"2024-01-01T00:00:00Z\"")
+        );
+        let missing = pick(r#"{"a": null}"#, &key, None).unwrap();
+        assert_eq!(keys(&missing), vec![Some("null".to_string()), None]);
+        // Own metadata, escaped keys and broken text take the slow path.
+        assert!(pick(r#"{"a": 1, "_sdc_deleted_at": "x"}"#, &key, None).is_none());
+        assert!(pick(r#"{"\u0061": 1}"#, &key, None).is_none());
+        assert!(pick(r#"{"a": 1"#, &key, None).is_none());
+    }
+
+    #[test]
+    fn raw_key_text_matches_the_value_rendering() {
+        for text in [
+            r#""abc""#,
+            r#""a\"b""#,
+            "12345678901234567890",
+            "1.50",
+            "true",
+            "null",
+        ] {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            let value: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                RawKey::Raw(&raw).text(),
+                RawKey::Value(value).text(),
+                "{text}"
+            );
+        }
     }
 }
