@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::kv::key::{self, InvalidKey};
-use crate::kv::{Completion, GuardedWriter, WriteQueue, WriteRequest};
+use crate::kv::{Completion, Counters, GuardedWriter, WriteQueue, WriteRequest};
 use crate::source::{Source, SourceError, StreamSpec};
 use crate::state::{SingerState, StateBackend, StateError};
 
 pub use progress::Progress;
-pub use report::{Counters, RunReport, StreamReport};
+pub use report::{RunReport, StreamReport};
 
 #[derive(Debug, Clone)]
 pub struct BackfillSettings {

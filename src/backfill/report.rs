@@ -5,55 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::kv::Outcome;
-
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
-pub struct Counters {
-    pub read: u64,
-    pub created: u64,
-    pub updated: u64,
-    pub unchanged: u64,
-    pub skipped_deleted: u64,
-    pub skipped_newer: u64,
-    pub invalid_key: u64,
-    pub failed: u64,
-}
-
-impl Counters {
-    pub fn count(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Created => self.created += 1,
-            Outcome::Updated => self.updated += 1,
-            Outcome::Unchanged => self.unchanged += 1,
-            Outcome::SkippedDeleted => self.skipped_deleted += 1,
-            Outcome::SkippedNewer => self.skipped_newer += 1,
-        }
-    }
-
-    pub fn add(&mut self, other: &Counters) {
-        self.read += other.read;
-        self.created += other.created;
-        self.updated += other.updated;
-        self.unchanged += other.unchanged;
-        self.skipped_deleted += other.skipped_deleted;
-        self.skipped_newer += other.skipped_newer;
-        self.invalid_key += other.invalid_key;
-        self.failed += other.failed;
-    }
-
-    fn columns(&self) -> [u64; 8] {
-        [
-            self.read,
-            self.created,
-            self.updated,
-            self.unchanged,
-            self.skipped_deleted,
-            self.skipped_newer,
-            self.invalid_key,
-            self.failed,
-        ]
-    }
-}
+use crate::kv::Counters;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StreamReport {
@@ -104,16 +56,7 @@ impl RunReport {
 
     /// The summary table printed at the end of a run.
     pub fn table(&self) -> String {
-        const HEAD: [&str; 8] = [
-            "read",
-            "created",
-            "updated",
-            "unchanged",
-            "skipped_deleted",
-            "skipped_newer",
-            "invalid_key",
-            "failed",
-        ];
+        const HEAD: [&str; 8] = Counters::HEADINGS;
         let name_width = self
             .streams
             .0

@@ -109,8 +109,8 @@ pub async fn run(args: TargetArgs) -> anyhow::Result<u8> {
         if c.invalid_record > 0 {
             tracing::warn!(%stream, invalid_record = c.invalid_record, "records did not match their schema (written anyway)");
         }
-        if c.invalid_key > 0 {
-            tracing::warn!(%stream, invalid_key = c.invalid_key, "records not written: invalid keys");
+        if c.written.invalid_key > 0 {
+            tracing::warn!(%stream, invalid_key = c.written.invalid_key, "records not written: invalid keys");
         }
     }
     if let Some(error) = &summary.input_error {

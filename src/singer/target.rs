@@ -13,7 +13,7 @@ use super::input::{self, Origin};
 use super::message::Message;
 use crate::kv::key;
 use crate::kv::timestamp;
-use crate::kv::{Body, Completion, GuardedWriter, Outcome, WriteQueue, WriteRequest};
+use crate::kv::{Body, Completion, Counters, GuardedWriter, WriteQueue, WriteRequest};
 
 /// Timestamp fields recognised when a SCHEMA names no `bookmark_properties`
 /// (FULL_TABLE streams): the v1 replication keys, in order of preference.
@@ -127,29 +127,12 @@ fn pick<'a>(
 /// Validation problems logged per stream before they are only counted.
 const LOGGED_INVALID: u64 = 20;
 
+/// A stream's counters: the writer's, and records not matching their schema.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct StreamCounters {
-    pub read: u64,
-    pub created: u64,
-    pub updated: u64,
-    pub unchanged: u64,
-    pub skipped_deleted: u64,
-    pub skipped_newer: u64,
-    pub invalid_key: u64,
+    #[serde(flatten)]
+    pub written: Counters,
     pub invalid_record: u64,
-    pub failed: u64,
-}
-
-impl StreamCounters {
-    fn count(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Created => self.created += 1,
-            Outcome::Updated => self.updated += 1,
-            Outcome::Unchanged => self.unchanged += 1,
-            Outcome::SkippedDeleted => self.skipped_deleted += 1,
-            Outcome::SkippedNewer => self.skipped_newer += 1,
-        }
-    }
 }
 
 struct StreamInfo {
@@ -169,37 +152,26 @@ pub struct TargetSummary {
 
 impl TargetSummary {
     pub fn failed(&self) -> bool {
-        self.input_error.is_some() || self.streams.iter().any(|(_, c)| c.failed > 0)
+        self.input_error.is_some() || self.streams.iter().any(|(_, c)| c.written.failed > 0)
     }
 
     pub fn table(&self) -> String {
-        let mut out = format!(
-            "{:<40} {:>8} {:>8} {:>8} {:>9} {:>15} {:>13} {:>11} {:>14} {:>6}\n",
-            "stream",
-            "read",
-            "created",
-            "updated",
-            "unchanged",
-            "skipped_deleted",
-            "skipped_newer",
-            "invalid_key",
-            "invalid_record",
-            "failed"
-        );
+        let mut out = format!("{:<40}", "stream");
+        for h in Counters::HEADINGS.iter().chain(&["invalid_record"]) {
+            out.push_str(&format!(" {h:>w$}", w = h.len().max(7)));
+        }
+        out.push('\n');
         for (name, c) in &self.streams {
-            out.push_str(&format!(
-                "{:<40} {:>8} {:>8} {:>8} {:>9} {:>15} {:>13} {:>11} {:>14} {:>6}\n",
-                name,
-                c.read,
-                c.created,
-                c.updated,
-                c.unchanged,
-                c.skipped_deleted,
-                c.skipped_newer,
-                c.invalid_key,
-                c.invalid_record,
-                c.failed
-            ));
+            out.push_str(&format!("{name:<40}"));
+            let values = c.written.columns().into_iter().chain([c.invalid_record]);
+            for (h, v) in Counters::HEADINGS
+                .iter()
+                .chain(&["invalid_record"])
+                .zip(values)
+            {
+                out.push_str(&format!(" {v:>w$}", w = h.len().max(7)));
+            }
+            out.push('\n');
         }
         out
     }
@@ -391,7 +363,7 @@ impl<W: Write> Target<W> {
             return Err("RECORD before the stream's SCHEMA".to_string());
         };
         let counters = self.counters.entry(stream.clone()).or_default();
-        counters.read += 1;
+        counters.written.read += 1;
         let extracted = time_extracted.unwrap_or_else(|| {
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         });
@@ -478,7 +450,7 @@ impl<W: Write> Target<W> {
         let key = match key {
             Ok(k) => k,
             Err(reason) => {
-                counters.invalid_key += 1;
+                counters.written.invalid_key += 1;
                 let raw: Vec<String> = info
                     .key_properties
                     .iter()
@@ -511,9 +483,9 @@ impl<W: Write> Target<W> {
             let counters = self.counters.entry(stream.to_string()).or_default();
             let origin = self.origins.remove(&completion.seq);
             match completion.result {
-                Ok(outcome) => counters.count(outcome),
+                Ok(outcome) => counters.written.count(outcome),
                 Err(e) => {
-                    counters.failed += 1;
+                    counters.written.failed += 1;
                     let at = origin.map(|o| o.to_string()).unwrap_or_default();
                     tracing::error!("{at}, stream {stream}: record failed: {e}");
                 }

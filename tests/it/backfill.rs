@@ -12,16 +12,6 @@ use lfx_sync::config::{Config, Overrides};
 use lfx_sync::kv::{Encoding, GuardedWriter, RefreshMode};
 use lfx_sync::source::postgres::PostgresSource;
 
-fn assert_exit(out: &std::process::Output, code: i32) {
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn full_backfill_writes_one_key_per_row_equal_to_the_tap_record() {
     let db = TestDb::seeded().await;
@@ -31,7 +21,7 @@ async fn full_backfill_writes_one_key_per_row_equal_to_the_tap_record() {
     let mut args = backfill_args(&demo_config(), &db, &bucket, state.path());
     args.push("--full".into());
     let out = run(&args).await;
-    assert_exit(&out, 0);
+    expect_exit(&out, 0);
     let report = report(&out);
     assert_eq!(report["totals"]["read"], json!(87));
     assert_eq!(report["totals"]["created"], json!(87));
@@ -73,7 +63,7 @@ async fn incremental_run_resumes_like_tap_postgres() {
     let args = backfill_args(&demo_config(), &db, &bucket, state.path());
 
     let first = run(&args).await;
-    assert_exit(&first, 0);
+    expect_exit(&first, 0);
     let first_state = stored_state(state.path(), "demo").expect("state written");
     let tap_first: Value =
         serde_json::from_str(&read_fixture("tap-postgres-incremental.state.json")).unwrap();
@@ -83,7 +73,7 @@ async fn incremental_run_resumes_like_tap_postgres() {
 
     db.exec(&read_fixture("lfx_v1_update.sql")).await;
     let second = run(&args).await;
-    assert_exit(&second, 0);
+    expect_exit(&second, 0);
     let second_report = report(&second);
 
     // Reads exactly the rows tap-postgres re-reads from the same bookmark.
@@ -128,7 +118,7 @@ async fn incremental_run_resumes_like_tap_postgres() {
 
     // A third run with nothing new re-reads only the boundary rows and writes nothing.
     let third = run(&args).await;
-    assert_exit(&third, 0);
+    expect_exit(&third, 0);
     let totals = &report(&third)["totals"];
     let noop = tap_records("tap-postgres-incremental-noop.singer.jsonl");
     assert_eq!(totals["read"], json!(noop.len()));
@@ -152,7 +142,7 @@ async fn rows_with_unwritable_keys_are_counted_and_reported_not_failed() {
         "[[postgres.streams]]\nschema = \"odd\"\ntable = \"items\"\nreplication_key = \"ts\"\nkey = [\"code\"]\n",
     );
     let out = run(&backfill_args(&config, &db, &bucket, dir.path())).await;
-    assert_exit(&out, 0);
+    expect_exit(&out, 0);
     let r = &report(&out)["streams"]["odd-items"];
     assert_eq!(r["invalid_key"], json!(3), "{r}");
     assert_eq!(r["created"], json!(2), "{r}");
@@ -182,7 +172,7 @@ async fn a_failed_record_fails_the_run_and_holds_the_bookmark_before_it() {
     let mut args = backfill_args(&demo_config(), &db, &bucket, state.path());
     args.extend(["--stream".into(), "platform-project__c".into()]);
     let out = run(&args).await;
-    assert_exit(&out, 1);
+    expect_exit(&out, 1);
     let r = &report(&out)["streams"]["platform-project__c"];
     assert_eq!(r["failed"], json!(1), "{r}");
     assert_eq!(r["created"], json!(32), "{r}");
@@ -298,7 +288,7 @@ async fn dry_run_decides_but_writes_nothing() {
     let mut args = backfill_args(&demo_config(), &db, &bucket, state.path());
     args.push("--dry-run".into());
     let out = run(&args).await;
-    assert_exit(&out, 0);
+    expect_exit(&out, 0);
     assert_eq!(report(&out)["totals"]["created"], json!(87));
     assert!(contents(&store).await.is_empty());
     assert!(stored_state(state.path(), "demo").is_none());
@@ -420,7 +410,7 @@ async fn a_killed_run_resumes_from_its_checkpoint_to_the_same_contents() {
 
     let (reference_bucket, reference) = new_bucket(&js, -1).await;
     let reference_state = tempfile::tempdir().unwrap();
-    assert_exit(
+    expect_exit(
         &run(&backfill_args(
             &config,
             &db,
@@ -465,7 +455,7 @@ async fn a_killed_run_resumes_from_its_checkpoint_to_the_same_contents() {
     assert!(partially < ROWS as usize, "the run was not interrupted");
 
     let resumed = run(&backfill_args(&config, &db, &bucket, state.path())).await;
-    assert_exit(&resumed, 0);
+    expect_exit(&resumed, 0);
     let read = report(&resumed)["totals"]["read"].as_u64().unwrap();
     assert!(
         read < u64::from(ROWS),

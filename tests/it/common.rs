@@ -217,19 +217,24 @@ pub fn tap_records(rel: &str) -> BTreeMap<String, Map<String, Value>> {
             }
             Some("RECORD") => {
                 let record = msg["record"].as_object().expect("record").clone();
-                let id: Vec<String> = keys[&stream]
-                    .iter()
-                    .map(|p| match &record[p] {
-                        Value::String(s) => s.replace(':', "_"),
-                        v => v.to_string(),
-                    })
-                    .collect();
-                out.insert(format!("{stream}.{}", id.join("-")), record);
+                out.insert(singer_key(&stream, &keys[&stream], &record), record);
             }
             _ => {}
         }
     }
     out
+}
+
+/// The key lfx-sync gives a Singer record, built independently of its code.
+pub fn singer_key(stream: &str, key_properties: &[String], record: &Map<String, Value>) -> String {
+    let id: Vec<String> = key_properties
+        .iter()
+        .map(|p| match &record[p] {
+            Value::String(s) => s.replace(':', "_"),
+            v => v.to_string(),
+        })
+        .collect();
+    format!("{stream}.{}", id.join("-"))
 }
 
 /// Runs the CLI binary; `NATS_URL`/`DATABASE_URL` are cleared so only the

@@ -125,14 +125,7 @@ fn expected_records(input: &str) -> BTreeMap<String, Map<String, Value>> {
             _ => continue,
         };
         for record in records {
-            let id: Vec<String> = keys[&stream]
-                .iter()
-                .map(|p| match &record[p] {
-                    Value::String(s) => s.replace(':', "_"),
-                    v => v.to_string(),
-                })
-                .collect();
-            out.insert(format!("{stream}.{}", id.join("-")), record);
+            out.insert(singer_key(&stream, &keys[&stream], &record), record);
         }
     }
     out
