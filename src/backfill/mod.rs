@@ -192,8 +192,9 @@ async fn run_stream(
 ) -> Result<StreamReport, (StreamReport, BackfillError)> {
     let mut counters = Counters::default();
     let estimate = source.estimate(index, since.as_ref()).await;
-    let mut bar = progress.stream(&spec.name, estimate);
+    // Logged before the bar exists: a log line would tear a drawn bar.
     tracing::info!(stream = %spec.name, since = ?since, estimate, "reading");
+    let mut bar = progress.stream(&spec.name, estimate);
     let ts_field: Option<Arc<str>> = spec.replication_key.as_deref().map(Arc::from);
     // Records in no particular order can only move the bookmark once all of
     // them are in, and then only to when the read started: anything changed
