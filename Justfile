@@ -45,3 +45,7 @@ bench-target rows="200000":
 # Meltano in meltano/ with target-nats-kv on PATH, e.g. `just meltano run tap-postgres target-nats-kv`.
 meltano *ARGS:
     scripts/meltano.sh run "$@"
+
+# Measure `lfx-sync sync`: EVENTS wal-listener events over KEYS keys, backlog and live at RATE events/s.
+bench-sync events="100000" keys="10000" rate="10000":
+    scripts/bench-sync.sh "$1" "$2" "$3"

@@ -10,6 +10,7 @@
 #        step 3  a second full backfill: the guard leaves every entry as it is
 #        step 4  the stored bookmarks (`lfx-sync state show`)
 #        step 5  a few entries of the bucket
+#        step 6  `lfx-sync sync`: live changes as wal-listener publishes them, into the same bucket
 #
 # Re-runnable: every run starts again from the same database, bucket and state.
 # Environment: LFX_DEV_DIR, LFX_PG_PORT, LFX_NATS_PORT ... as for scripts/services.sh.
@@ -78,7 +79,10 @@ lfx_sync() { run "$LFX_SYNC" "$@"; }
 # Talks the NATS client protocol over a plain socket (python3 standard library
 # only), so the demo needs no `nats` CLI:
 #   delete-bucket BUCKET    remove the bucket's stream KV_<BUCKET>, if any
+#   delete-stream STREAM    remove a stream, if any
 #   get BUCKET KEY...       print each key's latest entry (JetStream direct get)
+#   publish PREFIX FILE     publish each line of FILE (a wal-listener event) to
+#                           PREFIX.<schema>_<table>, as wal-listener does
 nats_tool() {
     python3 - "$NATS_URL" "$@" <<'PY'
 import json, socket, sys
@@ -149,7 +153,26 @@ class Nats:
 
 nats = Nats(url.hostname or "127.0.0.1", url.port or 4222)
 
-if command == "delete-bucket":
+if command == "delete-stream":
+    _, _, body = nats.request(f"$JS.API.STREAM.DELETE.{bucket}", "")
+    reply = json.loads(body or b"{}")
+    if not reply.get("success") and reply.get("error", {}).get("err_code") != 10059:
+        raise SystemExit(f"cannot delete stream {bucket}: {reply}")
+elif command == "publish":
+    with open(keys[0], encoding="utf-8") as events:
+        for line in events:
+            line = line.rstrip("\n")
+            try:
+                event = json.loads(line)
+                subject = f"{bucket}.{event['schema']}_{event['table']}"
+            except (ValueError, KeyError):
+                subject = f"{bucket}.unparseable"
+            _, _, body = nats.request(subject, line)
+            reply = json.loads(body or b"{}")
+            if "error" in reply:
+                raise SystemExit(f"cannot publish to {subject}: {reply}")
+            print(f"    {subject}: {line[:96]}{'…' if len(line) > 96 else ''}")
+elif command == "delete-bucket":
     _, _, body = nats.request(f"$JS.API.STREAM.DELETE.KV_{bucket}", "")
     reply = json.loads(body or b"{}")
     if reply.get("success"):
@@ -224,6 +247,58 @@ nats_tool get "$BUCKET" \
     platform-project__c.3 \
     platform-community__c.5 \
     platform-collaboration__c.a0R5G0000000000001-0035G00000NEW00001
+
+# ------------------------------------------------------------------ step 6 ---
+banner "Step 6: live changes from wal-listener, applied by 'lfx-sync sync'"
+note "the daemon consumes stream wal_listener (as wal-listener publishes it) into '$BUCKET',"
+note "keyed as tap-configs/lfx-v1-postgres.toml says: <schema>-<table>.<sfid>"
+OPS_PORT="${LFX_DEMO_OPS_PORT:-58080}"
+nats_tool delete-stream wal_listener
+nats_tool delete-stream lfx-sync-dlq
+SYNC_LOG="$LFX_DEV_DIR/demo-sync.log"
+SYNC=("$LFX_SYNC" sync --streams-config tap-configs/lfx-v1-postgres.toml --bucket "$BUCKET"
+    --create-streams --bind "127.0.0.1:$OPS_PORT" --log-level warn)
+printf '%s$ %s &%s\n' "$DIM" "${SYNC[*]}" "$RESET"
+"${SYNC[@]}" 2>"$SYNC_LOG" &
+SYNC_PID=$!
+trap 'kill "$SYNC_PID" 2>/dev/null || true' EXIT
+ops_get() { # print an ops endpoint's body; fails unless it answers 200
+    python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode(), end="")' \
+        "http://127.0.0.1:$OPS_PORT$1" 2>/dev/null
+}
+for _ in $(seq 100); do ops_get /readyz >/dev/null && break; sleep 0.1; done
+ops_get /readyz >/dev/null || die "lfx-sync sync did not get ready (log: $SYNC_LOG)"
+note "ready: http://127.0.0.1:$OPS_PORT/readyz; publishing 7 events:"
+note "a project inserted, updated, then a late event older than the update; a committee"
+note "inserted then deleted; a membership inserted; and one line that is not JSON"
+EVENTS="$LFX_DEV_DIR/demo-wal-events.jsonl"
+cat >"$EVENTS" <<'JSONL'
+{"id":"8c6f0b52-0001-4c1e-9f00-000000000001","schema":"salesforce","table":"project__c","action":"INSERT","data":{"id":9001,"sfid":"a0P5G00000DEMO0001","name":"Demo Foundation","status__c":"Active","annual_budget__c":"250000.00","systemmodstamp":"2024-07-01T10:00:00Z"},"dataOld":{},"commitTime":"2024-07-01T10:00:00.120391Z"}
+{"id":"8c6f0b52-0001-4c1e-9f00-000000000002","schema":"salesforce","table":"project__c","action":"UPDATE","data":{"id":9001,"sfid":"a0P5G00000DEMO0001","name":"Demo Foundation","status__c":"Archived","annual_budget__c":"250000.00","systemmodstamp":"2024-07-01T11:00:00Z"},"dataOld":{},"commitTime":"2024-07-01T11:00:00.5Z"}
+{"id":"8c6f0b52-0001-4c1e-9f00-000000000003","schema":"salesforce","table":"project__c","action":"UPDATE","data":{"id":9001,"sfid":"a0P5G00000DEMO0001","name":"Demo Foundation (late)","status__c":"Active","annual_budget__c":"1.00","systemmodstamp":"2024-07-01T09:00:00Z"},"dataOld":{},"commitTime":"2024-07-01T09:00:00.9Z"}
+{"id":"8c6f0b52-0001-4c1e-9f00-000000000004","schema":"platform","table":"community__c","action":"INSERT","data":{"id":9002,"sfid":"a0R5G00000DEMO0001","name":"Demo Board","project__c":"a0P5G00000DEMO0001","systemmodstamp":"2024-07-01T10:05:00Z"},"dataOld":{},"commitTime":"2024-07-01T10:05:00Z"}
+{"id":"8c6f0b52-0001-4c1e-9f00-000000000005","schema":"platform","table":"community__c","action":"DELETE","data":{},"dataOld":{"id":9002,"sfid":"a0R5G00000DEMO0001","name":"Demo Board","project__c":"a0P5G00000DEMO0001","systemmodstamp":"2024-07-01T10:05:00Z"},"commitTime":"2024-07-01T12:00:00Z"}
+{"id":"8c6f0b52-0001-4c1e-9f00-000000000006","schema":"platform","table":"collaboration__c","action":"INSERT","data":{"sfid":"a0Q5G00000DEMO0001","community__c":"a0R5G00000DEMO0001","contact__c":"0035G00000DEMO0001","role__c":"Chair","lastmodifieddate":"2024-07-01T10:10:00Z"},"dataOld":{},"commitTime":"2024-07-01T10:10:00Z"}
+this is not JSON
+JSONL
+nats_tool publish wal_listener "$EVENTS"
+for _ in $(seq 100); do
+    done_count=$(ops_get /metrics | awk '/^lfx_sync_messages_total/ {n += $NF} END {print n + 0}')
+    [[ "$done_count" -ge 7 ]] && break
+    sleep 0.1
+done
+note "the project holds the update (the late event was skipped: older than the entry),"
+note "the committee is soft-deleted (_sdc_deleted_at), the membership is new:"
+nats_tool get "$BUCKET" \
+    salesforce-project__c.a0P5G00000DEMO0001 \
+    platform-community__c.a0R5G00000DEMO0001 \
+    platform-collaboration__c.a0Q5G00000DEMO0001
+note "what the daemon counted (/metrics); the line that was not JSON went to stream lfx-sync-dlq:"
+ops_get /metrics | grep -E '^lfx_sync_(messages|dead_letters)_total' | sed 's/^/    /'
+kill -TERM "$SYNC_PID"
+wait "$SYNC_PID" || die "lfx-sync sync did not stop cleanly (log: $SYNC_LOG)"
+trap - EXIT
+note "SIGTERM: the daemon finished what it held and exited 0; its log: $SYNC_LOG"
 
 banner "Done"
 note "services keep running: 'just services-down' stops them"

@@ -13,3 +13,4 @@ pub mod nats;
 pub mod singer;
 pub mod source;
 pub mod state;
+pub mod sync;

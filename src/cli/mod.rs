@@ -3,6 +3,7 @@
 
 mod backfill;
 mod state;
+mod sync;
 mod target;
 
 use std::io::Write;
@@ -32,6 +33,8 @@ enum Command {
     /// Singer target: load Singer messages from stdin into the bucket.
     #[command(name = "target-nats-kv")]
     TargetNatsKv(target::TargetArgs),
+    /// The daemon: live WAL ingest from wal-listener into the bucket.
+    Sync(sync::SyncArgs),
 }
 
 /// `target-nats-kv` as a program of its own, the name Meltano calls.
@@ -73,7 +76,7 @@ enum LogFormat {
 /// Where a run's state lives; shared by every command that touches bookmarks.
 #[derive(Debug, Args, Clone)]
 pub struct StateLocation {
-    /// State backend URI: file:///path or a plain path.
+    /// State backend URI: s3://bucket/prefix, file:///path, or a plain path.
     #[arg(
         long = "state",
         env = "LFX_SYNC_STATE",
@@ -106,6 +109,7 @@ pub fn main() -> ExitCode {
             Command::Backfill(args) => backfill::run(args).await,
             Command::State(args) => state::run(args).await,
             Command::TargetNatsKv(args) => target::run(args).await,
+            Command::Sync(args) => sync::run(args).await,
         }
     })
 }

@@ -7,4 +7,8 @@ mod dynamodb;
 mod guard;
 mod meltano;
 mod s3_state;
+mod sync;
 mod target;
+mod v2_kv;
+mod v2_standin;
+mod v2_sync;
