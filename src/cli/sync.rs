@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::sync::v2::config::V2Args;
 use crate::sync::{self, SyncOptions};
 
 #[derive(Debug, Args)]
@@ -60,6 +61,10 @@ pub struct SyncArgs {
     /// Exit (code 2) once NATS has been unreachable this long.
     #[arg(long, env = "LFX_SYNC_NATS_DOWN_TIMEOUT", default_value = "5m")]
     nats_down_timeout: String,
+    /// The v2 push: on when the service URLs are set. Boxed: its many
+    /// settings would make every command's arguments this large.
+    #[command(flatten)]
+    v2: Box<V2Args>,
 }
 
 pub async fn run(args: SyncArgs) -> anyhow::Result<u8> {
@@ -80,6 +85,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<u8> {
         ack_wait: args.ack_wait,
         drain_timeout: args.drain_timeout,
         nats_down_timeout: args.nats_down_timeout,
+        v2: *args.v2,
     }
     .validate()?;
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();

@@ -19,6 +19,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::operation::head_object::HeadObjectError;
+use aws_sdk_s3::operation::put_object::{PutObjectError, PutObjectOutput};
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::FutureExt;
@@ -342,16 +343,7 @@ impl Inner {
                 return Err(self.locked(holder));
             }
             tracing::warn!(lock = %self.uri(&self.lock_key), previous = %holder, "taking over an expired state lock");
-            let taken = self
-                .client
-                .put_object()
-                .bucket(&self.location.bucket)
-                .key(&self.lock_key)
-                .if_match(&etag)
-                .content_type("application/json")
-                .body(ByteStream::from(self.lock_body()))
-                .send()
-                .await;
+            let taken = self.rewrite_lock(&etag).await;
             match taken {
                 Ok(out) => return Ok(out.e_tag().unwrap_or_default().to_string()),
                 Err(e) if is_condition_failure(&e) || status(&e) == Some(404) => continue,
@@ -364,6 +356,20 @@ impl Inner {
         )))
     }
 
+    /// Writes this run's lock body over the lock object, only if it is still
+    /// the version `etag` names.
+    async fn rewrite_lock(&self, etag: &str) -> Result<PutObjectOutput, SdkError<PutObjectError>> {
+        self.client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(&self.lock_key)
+            .if_match(etag)
+            .content_type("application/json")
+            .body(ByteStream::from(self.lock_body()))
+            .send()
+            .await
+    }
+
     /// Pushes the lock's expiry forward, if this run still holds it.
     async fn refresh(&self) -> Result<(), StateError> {
         let mut lock = self.lock.lock().await;
@@ -372,16 +378,7 @@ impl Inner {
             LockState::Lost(holder) => return Err(self.lost(holder)),
             LockState::Released => return Err(self.lost("nobody: this run released it")),
         };
-        let put = self
-            .client
-            .put_object()
-            .bucket(&self.location.bucket)
-            .key(&self.lock_key)
-            .if_match(&etag)
-            .content_type("application/json")
-            .body(ByteStream::from(self.lock_body()))
-            .send()
-            .await;
+        let put = self.rewrite_lock(&etag).await;
         match put {
             Ok(out) => {
                 *lock = LockState::Held {

@@ -1,12 +1,14 @@
 //! Settings of `lfx-sync sync`, validated once, up front, with every problem
 //! reported together.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::v2::config::{V2Args, V2Config};
 use super::wal::{DEFAULT_KEY, StreamSpec, Streams};
 use crate::config::{Config, Overrides};
 use crate::nats::NatsSettings;
@@ -30,9 +32,12 @@ pub struct SyncOptions {
     pub ack_wait: String,
     pub drain_timeout: String,
     pub nats_down_timeout: String,
+    /// The v2 push (the KV consumer); off without service URLs.
+    pub v2: V2Args,
 }
 
-#[derive(Debug, Clone)]
+/// Validated settings; Debug shows no key material.
+#[derive(Debug)]
 pub struct SyncSettings {
     pub nats: NatsSettings,
     pub bucket: String,
@@ -52,6 +57,11 @@ pub struct SyncSettings {
     pub ack_wait: Duration,
     pub drain_timeout: Duration,
     pub nats_down_timeout: Duration,
+    /// Every stream of the streams config (PostgreSQL streams and DynamoDB
+    /// tables): `v1-objects` prefixes the KV consumer acknowledges quietly.
+    pub known_streams: HashSet<String>,
+    /// `Some` when the v2 push is on.
+    pub v2: Option<V2Config>,
 }
 
 /// Every problem found in the settings.
@@ -186,6 +196,35 @@ impl SyncOptions {
             ));
         }
 
+        let extra_known = self.v2.known_streams.clone();
+        let v2 = match self.v2.validate() {
+            Ok(v2) => v2,
+            Err(e) => {
+                problems.extend(e.problems);
+                None
+            }
+        };
+        if let Some(v2) = &v2 {
+            for (flag, name) in [
+                ("--mappings-bucket", &v2.mappings_bucket),
+                ("--kv-consumer", &v2.kv_consumer),
+            ] {
+                if !valid_name(name) {
+                    problems.push(format!(
+                        "{flag} {name:?}: a bucket or consumer name is non-empty and has no spaces, `.`, `*`, `>`, `/` or `\\`"
+                    ));
+                }
+            }
+            if v2.kv_consumer == self.wal_consumer {
+                problems.push(format!(
+                    "--kv-consumer {:?} must differ from --wal-consumer",
+                    v2.kv_consumer
+                ));
+            }
+        }
+        let mut known_streams = config.as_ref().map(known_streams_of).unwrap_or_default();
+        known_streams.extend(extra_known.into_iter().filter(|s| !s.is_empty()));
+
         // A config that did not load always left its problems behind.
         let config = match config {
             Some(config) if problems.is_empty() => config,
@@ -210,8 +249,19 @@ impl SyncOptions {
             ack_wait,
             drain_timeout,
             nats_down_timeout,
+            known_streams,
+            v2,
         })
     }
+}
+
+fn known_streams_of(config: &Config) -> HashSet<String> {
+    let postgres = config.postgres.iter().flat_map(|pg| &pg.streams);
+    let dynamodb = config.dynamodb.iter().flat_map(|d| &d.tables);
+    postgres
+        .map(|s| s.name.clone())
+        .chain(dynamodb.map(|t| t.table.clone()))
+        .collect()
 }
 
 fn streams_of(config: &Config) -> Streams {
@@ -287,6 +337,20 @@ fn parse_bind(text: &str) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        v2: V2Args,
+    }
+
+    fn v2_args(argv: &[&str]) -> V2Args {
+        let mut all = vec!["lfx-sync"];
+        all.extend_from_slice(argv);
+        <Cli as clap::Parser>::try_parse_from(all)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .v2
+    }
+
     fn options(streams_config: PathBuf) -> SyncOptions {
         SyncOptions {
             nats_url: Some("nats://127.0.0.1:4222".into()),
@@ -305,6 +369,7 @@ mod tests {
             ack_wait: "60s".into(),
             drain_timeout: "25s".into(),
             nats_down_timeout: "5m".into(),
+            v2: v2_args(&[]),
         }
     }
 
@@ -333,6 +398,34 @@ mod tests {
         );
         // No configured key: the CDC path's sfid.
         assert_eq!(s.streams["salesforce_b2b-Account"].key, ["sfid"]);
+        assert!(s.v2.is_none());
+        assert!(s.known_streams.contains("platform-community__c"));
+    }
+
+    #[test]
+    fn v2_problems_are_reported_with_the_others() {
+        let mut o = options(shipped());
+        o.workers = 0;
+        o.v2 = v2_args(&["--project-service-url", "http://projects"]);
+        let err = o.validate().unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "--workers 0",
+            "COMMITTEE_SERVICE_URL is required",
+            "HEIMDALL_KEY_ID is required",
+            "AUTH0_CLIENT_ID is required",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn known_streams_take_extras() {
+        let mut o = options(shipped());
+        o.v2 = v2_args(&["--known-streams", "itx-poll,itx-surveys"]);
+        let s = o.validate().unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.known_streams.contains("itx-poll"));
+        assert!(s.known_streams.contains("salesforce-project__c"));
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
@@ -40,7 +41,13 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Parses a message: the work and the key that orders it, or why it can
     /// never be applied. Runs on the pulling task, so it must not block.
-    fn prepare(&self, subject: &str, payload: &[u8]) -> Prepared<Self::Job>;
+    /// `headers` are the message's own (a KV entry's `KV-Operation` is one).
+    fn prepare(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Prepared<Self::Job>;
 
     /// Applies one job; the outcome label on success.
     fn apply(&self, job: Self::Job) -> impl Future<Output = Result<&'static str, Failure>> + Send;
@@ -88,6 +95,10 @@ pub struct InputSettings {
     /// The consumer's filter subject.
     pub subject: String,
     pub consumer: String,
+    /// Where a new consumer starts: `All` for an event log (the WAL), where
+    /// every event counts; `LastPerSubject` for a KV bucket, whose current
+    /// value per key is all there is to sync.
+    pub deliver_policy: DeliverPolicy,
     pub workers: usize,
     pub max_in_flight: usize,
     pub max_deliver: u32,
@@ -164,7 +175,7 @@ impl<H: Handler> Input<H> {
                 durable_name: Some(s.consumer.clone()),
                 description: Some(format!("lfx-sync sync: {} input", s.input)),
                 filter_subject: s.subject.clone(),
-                deliver_policy: DeliverPolicy::All,
+                deliver_policy: s.deliver_policy,
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: s.ack_wait,
                 max_deliver: -1,
@@ -363,9 +374,11 @@ impl<H: Handler> Input<H> {
             }
             Err(_) => (None, 1),
         };
-        let prepared = self
-            .handler
-            .prepare(message.subject.as_str(), &message.payload);
+        let prepared = self.handler.prepare(
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            &message.payload,
+        );
         let (lane, task) = match prepared {
             Prepared::Apply { key, job } => (lane_of(&key, lanes.len()), Task::Apply(job)),
             Prepared::Skip(outcome) => (self.any_lane(lanes.len()), Task::Skip(outcome)),

@@ -1,11 +1,12 @@
 //! `lfx-sync sync`: the long-running daemon of SPEC §7.
 //!
 //! Its inputs are JetStream durable pull consumers ([`consumer`]); replicas
-//! share them, so it scales out by running more processes. The first input is
-//! the WAL ingest ([`wal`]): wal-listener's PostgreSQL change feed, written
-//! into `v1-objects` through the guarded writer. Messages it gives up on go to
-//! a dead-letter stream ([`dlq`]). [`ops`] serves `/livez`, `/readyz` and
-//! `/metrics` ([`metrics`]).
+//! share them, so it scales out by running more processes. The WAL ingest
+//! ([`wal`]) writes wal-listener's PostgreSQL change feed into `v1-objects`
+//! through the guarded writer; when the v2 services are configured, the KV
+//! consumer ([`v2`]) pushes the changes of `v1-objects` to them. Messages an
+//! input gives up on go to a dead-letter stream ([`dlq`]). [`ops`] serves
+//! `/livez`, `/readyz` and `/metrics` ([`metrics`]).
 //!
 //! Lifecycle: a stop request (SIGTERM/SIGINT) ends pulling, lets the last
 //! pull request end, finishes every message taken (within the drain
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::{self, stream};
 use tokio::sync::watch;
 
@@ -34,6 +36,7 @@ pub use config::{SettingsError, SyncOptions, SyncSettings};
 use consumer::{BindError, Input, InputSettings};
 use dlq::{DeadLetters, DlqError};
 use metrics::InputStats;
+use v2::client::ClientSetupError;
 use wal::{WalHandler, WalParser};
 
 use crate::kv::{Encoding, GuardedWriter, RefreshMode};
@@ -63,6 +66,8 @@ pub enum SyncError {
     },
     #[error("NATS has been unreachable for {0:?}: giving up")]
     NatsGone(Duration),
+    #[error("cannot set up the v2 client: {0}")]
+    V2Client(#[from] ClientSetupError),
 }
 
 /// What `/readyz` and `/metrics` report.
@@ -102,12 +107,13 @@ impl ops::Probe for Health {
 /// Runs the daemon until `shutdown` completes (then drains and returns `Ok`)
 /// or NATS stays unreachable for too long.
 pub async fn run(
-    settings: SyncSettings,
+    mut settings: SyncSettings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), SyncError> {
     let client = crate::nats::connect(&settings.nats).await?;
     let js = jetstream::new(client.clone());
     let store = crate::nats::open_bucket(&js, &settings.bucket, settings.create_buckets).await?;
+    let objects = store.clone();
     let writer = GuardedWriter::new(store, &client, RefreshMode::Newer, Encoding::Json, false)
         .await
         .map_err(|e| SyncError::BucketStatus {
@@ -135,20 +141,67 @@ pub async fn run(
             stream: settings.wal_stream.clone(),
             subject: settings.wal_subject.clone(),
             consumer: settings.wal_consumer.clone(),
+            // Every change event counts, not just the last one per table.
+            deliver_policy: DeliverPolicy::All,
             workers: settings.workers,
             max_in_flight: settings.max_in_flight,
             max_deliver: settings.max_deliver,
             ack_wait: settings.ack_wait,
         },
-        dead_letters,
+        Arc::clone(&dead_letters),
     );
     // A consumer that cannot be bound at start is a configuration problem
     // (say, a filter outside the stream's subjects); later, it is an outage.
     let consumer = input.bind().await?;
+    let mut inputs = vec![input.stats()];
+
+    let kv_input = match settings.v2.take() {
+        None => None,
+        Some(v2) => {
+            let mappings_bucket = v2.mappings_bucket.clone();
+            let kv_consumer = v2.kv_consumer.clone();
+            let mappings =
+                crate::nats::open_bucket(&js, &mappings_bucket, settings.create_buckets).await?;
+            let handler = v2.handler(
+                client.clone(),
+                objects,
+                mappings,
+                &settings.bucket,
+                &settings.key_prefix,
+                settings.known_streams.clone(),
+            )?;
+            let input = Input::new(
+                handler,
+                js.clone(),
+                InputSettings {
+                    input: "kv",
+                    stream: format!("KV_{}", settings.bucket),
+                    subject: kv_subject(&settings.bucket, &settings.key_prefix),
+                    consumer: kv_consumer.clone(),
+                    // A new deployment replays the current value of every
+                    // key, not its whole history.
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    workers: settings.workers,
+                    max_in_flight: settings.max_in_flight,
+                    max_deliver: settings.max_deliver,
+                    ack_wait: settings.ack_wait,
+                },
+                Arc::clone(&dead_letters),
+            );
+            let consumer = input.bind().await?;
+            inputs.push(input.stats());
+            tracing::info!(
+                mappings_bucket = %mappings_bucket,
+                consumer = %kv_consumer,
+                "v2 push on"
+            );
+            Some((input, consumer))
+        }
+    };
 
     let health = Arc::new(Health {
         client: client.clone(),
-        inputs: vec![input.stats()],
+        inputs,
         draining: AtomicBool::new(false),
     });
     let ops = tokio::spawn(ops::serve(
@@ -165,11 +218,16 @@ pub async fn run(
         bind = %settings.bind,
         workers = settings.workers,
         max_in_flight = settings.max_in_flight,
+        v2 = kv_input.is_some(),
         "sync started"
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut wal_input = tokio::spawn(input.run(consumer, stop_rx));
+    let mut running = tokio::task::JoinSet::new();
+    running.spawn(input.run(consumer, stop_rx.clone()));
+    if let Some((input, consumer)) = kv_input {
+        running.spawn(input.run(consumer, stop_rx));
+    }
     let outcome = tokio::select! {
         () = shutdown => Ok(()),
         down = nats_gone(&client, settings.nats_down_timeout) => Err(SyncError::NatsGone(down)),
@@ -180,11 +238,13 @@ pub async fn run(
         Ok(()) => {
             tracing::info!(timeout = ?settings.drain_timeout, "stopping: finishing the messages in flight");
             let started = Instant::now();
-            if tokio::time::timeout(settings.drain_timeout, &mut wal_input)
-                .await
-                .is_err()
-            {
-                wal_input.abort();
+            // The inputs drain side by side, within one shared timeout.
+            let drained = tokio::time::timeout(settings.drain_timeout, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                running.abort_all();
                 tracing::warn!(
                     "drain timed out: unacknowledged messages will be redelivered after the ack wait"
                 );
@@ -193,7 +253,7 @@ pub async fn run(
             }
         }
         // Nothing in flight can be acknowledged without NATS.
-        Err(_) => wal_input.abort(),
+        Err(_) => running.abort_all(),
     }
     if tokio::time::timeout(Duration::from_secs(5), client.flush())
         .await
@@ -203,6 +263,17 @@ pub async fn run(
     }
     ops.abort();
     outcome
+}
+
+/// The KV consumer's filter: the bucket's subjects, narrowed to the key
+/// prefix when it is whole tokens (`lfx.`); another prefix cannot be
+/// expressed as a filter, and the handler rejects keys outside it.
+fn kv_subject(bucket: &str, key_prefix: &str) -> String {
+    if key_prefix.ends_with('.') {
+        format!("$KV.{bucket}.{key_prefix}>")
+    } else {
+        format!("$KV.{bucket}.>")
+    }
 }
 
 /// The WAL stream must exist (wal-listener creates it); with
@@ -290,5 +361,17 @@ pub async fn stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kv_subject;
+
+    #[test]
+    fn the_kv_filter_follows_a_whole_token_key_prefix() {
+        assert_eq!(kv_subject("v1-objects", ""), "$KV.v1-objects.>");
+        assert_eq!(kv_subject("v1-objects", "lfx."), "$KV.v1-objects.lfx.>");
+        assert_eq!(kv_subject("v1-objects", "lfx-"), "$KV.v1-objects.>");
     }
 }

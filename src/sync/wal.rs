@@ -265,7 +265,13 @@ impl WalHandler {
 impl Handler for WalHandler {
     type Job = WalJob;
 
-    fn prepare(&self, subject: &str, payload: &[u8]) -> Prepared<WalJob> {
+    /// wal-listener puts everything in the JSON body: headers carry nothing.
+    fn prepare(
+        &self,
+        subject: &str,
+        _headers: Option<&async_nats::HeaderMap>,
+        payload: &[u8],
+    ) -> Prepared<WalJob> {
         self.parser.prepare(subject, payload)
     }
 

@@ -489,3 +489,80 @@ pub fn expect_exit(out: &Output, code: i32) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A nats-server of a test's own, which it can stop and start again on the
+/// same port and store (outage and restart tests).
+pub struct OwnNats {
+    bin: PathBuf,
+    port: u16,
+    store: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    pub fn start() -> OwnNats {
+        let bin = std::env::var("LFX_NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo().join(".tools/nats/bin/nats-server"));
+        assert!(
+            bin.exists(),
+            "nats-server not found at {} (run scripts/services.sh up)",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut nats = OwnNats {
+            bin,
+            port,
+            store: tempfile::tempdir().expect("nats store dir"),
+            child: None,
+        };
+        nats.spawn();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    pub fn spawn(&mut self) {
+        let child = std::process::Command::new(&self.bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("own nats-server did not start");
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

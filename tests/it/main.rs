@@ -9,6 +9,7 @@ mod meltano;
 mod s3_state;
 mod sync;
 mod target;
+mod v2_daemon;
 mod v2_kv;
 mod v2_standin;
 mod v2_sync;

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::DeliverPolicy;
 use lfx_sync::sync::consumer::{Input, InputSettings};
 use lfx_sync::sync::dlq::DeadLetters;
 use lfx_sync::sync::v2::handlers::{KvHandler, KvParser, Operation};
@@ -69,6 +70,7 @@ async fn bucket_changes_reach_v2_through_the_consumer() {
             stream: format!("KV_{objects_name}"),
             subject: format!("$KV.{objects_name}.>"),
             consumer: "lfx-sync-kv".into(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
             workers: 4,
             max_in_flight: 64,
             max_deliver: 10,

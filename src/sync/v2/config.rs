@@ -61,6 +61,11 @@ pub struct V2Args {
     /// Log every v2 decision and the request it would send; send no write.
     #[arg(long, env = "LFX_SYNC_DRY_RUN")]
     pub dry_run: bool,
+    /// More `v1-objects` stream prefixes that other services consume (say,
+    /// the DynamoDB tables), acknowledged without a warning; the streams
+    /// config's streams are always known.
+    #[arg(long, env = "LFX_SYNC_KNOWN_STREAMS", value_delimiter = ',')]
+    pub known_streams: Vec<String>,
 }
 
 /// Validated settings of the v2 push (Debug shows no key material).

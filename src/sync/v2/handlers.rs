@@ -18,6 +18,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use serde_json::Value;
 use tokio::sync::OnceCell;
@@ -30,6 +31,8 @@ use crate::sync::consumer::{Failure, Handler, Prepared, Rejection};
 pub const PROJECTS_STREAM: &str = "salesforce-project__c";
 pub const COMMITTEES_STREAM: &str = "platform-collaboration__c";
 pub const MEMBERS_STREAM: &str = "platform-community__c";
+/// The header JetStream KV puts on deletions: `DEL` or `PURGE`.
+const KV_OPERATION: &str = "KV-Operation";
 /// Asked (payload `ROOT`) for the uid of the ROOT project.
 pub const SLUG_TO_UID_SUBJECT: &str = "lfx.projects-api.slug_to_uid";
 
@@ -587,10 +590,14 @@ impl KvParser {
     }
 
     /// The change a message carries, `None` for streams not synced to v2.
-    /// The frame hands over no headers yet, so the operation is read from
-    /// the payload: KV DEL and PURGE markers are the only entries without a
-    /// value (every writer stores a JSON or MessagePack object).
-    pub fn parse(&self, subject: &str, payload: &[u8]) -> Result<Option<KvChange>, Rejection> {
+    /// The operation is the `KV-Operation` header's (`DEL`, `PURGE`); a
+    /// message without one is a put.
+    pub fn parse(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<Option<KvChange>, Rejection> {
         let key = subject
             .strip_prefix(&self.subject_prefix)
             .and_then(|k| k.strip_prefix(&self.key_prefix))
@@ -602,7 +609,10 @@ impl KvParser {
             }
             return Ok(None);
         }
-        let operation = if payload.is_empty() {
+        let operation = headers
+            .and_then(|h| h.get(KV_OPERATION))
+            .map(|v| v.as_str());
+        let operation = if matches!(operation, Some("DEL" | "PURGE")) {
             Operation::Delete
         } else {
             match crate::kv::writer::decode(payload) {
@@ -676,8 +686,13 @@ impl KvHandler {
 impl Handler for KvHandler {
     type Job = KvChange;
 
-    fn prepare(&self, subject: &str, payload: &[u8]) -> Prepared<KvChange> {
-        match self.parser.parse(subject, payload) {
+    fn prepare(
+        &self,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Prepared<KvChange> {
+        match self.parser.parse(subject, headers, payload) {
             Ok(Some(change)) => Prepared::Apply {
                 key: change.key.clone(),
                 job: change,
@@ -700,6 +715,12 @@ impl Handler for KvHandler {
 mod tests {
     use super::*;
 
+    fn operation(op: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(KV_OPERATION, op);
+        headers
+    }
+
     fn parser() -> KvParser {
         KvParser::new(
             "v1-objects",
@@ -714,35 +735,49 @@ mod tests {
         let put = p
             .parse(
                 "$KV.v1-objects.salesforce-project__c.a09",
+                None,
                 br#"{"sfid": "a09"}"#,
             )
             .unwrap()
             .unwrap();
         assert_eq!(put.key, "salesforce-project__c.a09");
         assert!(matches!(put.operation, Operation::Put(ref row) if row["sfid"] == "a09"));
-        let delete = p
-            .parse("$KV.v1-objects.platform-community__c.a0Q", b"")
-            .unwrap()
-            .unwrap();
-        assert!(matches!(delete.operation, Operation::Delete));
+        for op in ["DEL", "PURGE"] {
+            let delete = p
+                .parse(
+                    "$KV.v1-objects.platform-community__c.a0Q",
+                    Some(&operation(op)),
+                    b"",
+                )
+                .unwrap()
+                .unwrap();
+            assert!(matches!(delete.operation, Operation::Delete), "{op}");
+        }
+        // Without the header an empty value is a put, and not a row.
+        assert_eq!(
+            p.parse("$KV.v1-objects.platform-community__c.a0Q", None, b"")
+                .unwrap_err()
+                .reason,
+            "undecodable"
+        );
         assert!(
-            p.parse("$KV.v1-objects.platform-meeting.1", b"{}")
+            p.parse("$KV.v1-objects.platform-meeting.1", None, b"{}")
                 .unwrap()
                 .is_none()
         );
         assert!(
-            p.parse("$KV.v1-objects.mystery.1", b"{}")
+            p.parse("$KV.v1-objects.mystery.1", None, b"{}")
                 .unwrap()
                 .is_none()
         );
         assert_eq!(
-            p.parse("$KV.other.salesforce-project__c.1", b"{}")
+            p.parse("$KV.other.salesforce-project__c.1", None, b"{}")
                 .unwrap_err()
                 .reason,
             "bad_subject"
         );
         assert_eq!(
-            p.parse("$KV.v1-objects.platform-collaboration__c.1", b"\xc1")
+            p.parse("$KV.v1-objects.platform-collaboration__c.1", None, b"\xc1")
                 .unwrap_err()
                 .reason,
             "undecodable"
@@ -755,7 +790,7 @@ mod tests {
         let mut bytes = Vec::new();
         rmpv::encode::write_value(&mut bytes, &value).unwrap();
         let change = parser()
-            .parse("$KV.v1-objects.platform-collaboration__c.a0R", &bytes)
+            .parse("$KV.v1-objects.platform-collaboration__c.a0R", None, &bytes)
             .unwrap()
             .unwrap();
         assert!(matches!(change.operation, Operation::Put(ref row) if row["sfid"] == "a0R"));
@@ -765,7 +800,11 @@ mod tests {
     fn key_prefixes_are_stripped() {
         let p = KvParser::new("v1-objects", "lfx.", HashSet::new());
         let change = p
-            .parse("$KV.v1-objects.lfx.salesforce-project__c.a09", b"")
+            .parse(
+                "$KV.v1-objects.lfx.salesforce-project__c.a09",
+                Some(&operation("DEL")),
+                b"",
+            )
             .unwrap()
             .unwrap();
         assert_eq!(change.key, "salesforce-project__c.a09");
