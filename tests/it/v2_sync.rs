@@ -12,7 +12,7 @@ use futures::StreamExt;
 use lfx_sync::sync::consumer::Rejection;
 use lfx_sync::sync::v2::client::{Service, V2Client};
 use lfx_sync::sync::v2::handlers::{
-    KvChange, Operation, SLUG_TO_UID_SUBJECT, SyncFail, V2Settings, V2Sync,
+    KvChange, Operation, SLUG_TO_UID_SUBJECT, SyncFail, UserDirectory, V2Settings, V2Sync,
 };
 use lfx_sync::sync::v2::mapping::Fields;
 use lfx_sync::sync::v2::store::MappingStore;
@@ -70,6 +70,18 @@ pub fn v2_sync(
     timeout: Duration,
     dry_run: bool,
 ) -> V2Sync {
+    v2_sync_as(t, nats, mappings, timeout, dry_run, None)
+}
+
+/// `users`: where v1 user ids become the usernames writes impersonate.
+pub fn v2_sync_as(
+    t: &Setup,
+    nats: async_nats::Client,
+    mappings: kv::Store,
+    timeout: Duration,
+    dry_run: bool,
+    users: Option<UserDirectory>,
+) -> V2Sync {
     let v2 = V2Client::new(Arc::clone(&t.signer), SERVICE_PRINCIPAL.into(), timeout).unwrap();
     V2Sync::new(
         v2,
@@ -81,6 +93,7 @@ pub fn v2_sync(
             own_principal: OWN.into(),
             skip_notification: true,
             dry_run,
+            users,
         },
     )
 }
@@ -590,4 +603,82 @@ async fn dry_run_sends_no_write_and_stores_no_mapping() {
     assert!(w.writes_since(0).is_empty());
     assert!(w.t.standin.projects().is_empty());
     assert_eq!(w.mapping(&format!("project.sfid.{P1}")).await, None);
+}
+
+#[tokio::test]
+async fn writes_impersonate_the_v1_user_and_fall_back_to_the_service_principal() {
+    let t = setup(Duration::from_secs(5)).await;
+    let (client, js) = common::js().await;
+    let (_, mappings) = common::new_bucket(&js, 1 << 20).await;
+    let (_, objects) = common::new_bucket(&js, -1).await;
+    // The v1 user of `project_row`'s lastmodifiedbyid, as the backfill stores it.
+    let user =
+        json!({"sfid": "0051T000008Xyz1QAC", "username": "jdoe", "email": "jdoe@example.org"});
+    objects
+        .put(
+            "salesforce-merged_user.0051T000008Xyz1QAC",
+            serde_json::to_vec(&user).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let responder = root_responder(&client).await;
+    let users = UserDirectory::new(objects, "", "username");
+    let sync = v2_sync_as(
+        &t,
+        client,
+        mappings,
+        Duration::from_secs(5),
+        false,
+        Some(users),
+    );
+
+    assert_eq!(
+        sync.apply(&project(P1, "known", None, "Active"))
+            .await
+            .unwrap(),
+        "created"
+    );
+    let mut unknown = project_row(P2, "unknown", None, "Active");
+    unknown["lastmodifiedbyid"] = json!("0051T000008NoUserAA");
+    let unknown = put(format!("salesforce-project__c.{P2}"), unknown);
+    assert_eq!(sync.apply(&unknown).await.unwrap(), "created");
+    let mut not_a_user = project_row(P3, "automation", None, "Active");
+    not_a_user["lastmodifiedbyid"] = json!("integration bot");
+    let not_a_user = put(format!("salesforce-project__c.{P3}"), not_a_user);
+    assert_eq!(sync.apply(&not_a_user).await.unwrap(), "created");
+
+    let posts: Vec<(String, Option<String>)> = t
+        .standin
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST" && s.target.starts_with("/projects"))
+        .map(|s| {
+            (
+                s.body
+                    .as_ref()
+                    .map(|b| b["slug"].to_string())
+                    .unwrap_or_default(),
+                s.principal,
+            )
+        })
+        .collect();
+    assert_eq!(
+        posts,
+        vec![
+            ("\"known\"".to_string(), Some("jdoe".to_string())),
+            (
+                "\"unknown\"".to_string(),
+                Some(SERVICE_PRINCIPAL.to_string())
+            ),
+            (
+                "\"automation\"".to_string(),
+                Some(SERVICE_PRINCIPAL.to_string())
+            ),
+        ]
+    );
+    // Reads stay with the service principal.
+    for s in t.standin.seen().iter().filter(|s| s.method == "GET") {
+        assert_eq!(s.principal.as_deref(), Some(SERVICE_PRINCIPAL), "{s:?}");
+    }
+    responder.abort();
 }

@@ -16,7 +16,7 @@ use clap::Args;
 
 use super::auth::{Signer, service_principal};
 use super::client::{ClientSetupError, Service, V2Client};
-use super::handlers::{KvHandler, KvParser, V2Settings, V2Sync};
+use super::handlers::{KvHandler, KvParser, UserDirectory, V2Settings, V2Sync};
 use super::store::MappingStore;
 use crate::sync::config::{SettingsError, parse_duration};
 
@@ -61,6 +61,10 @@ pub struct V2Args {
     /// Log every v2 decision and the request it would send; send no write.
     #[arg(long, env = "LFX_SYNC_DRY_RUN")]
     pub dry_run: bool,
+    /// The `salesforce-merged_user` field holding the username v2 writes
+    /// impersonate (looked up by `lastmodifiedbyid` in the objects bucket).
+    #[arg(long, env = "LFX_SYNC_V1_USERNAME_FIELD", default_value = "username")]
+    pub v1_username_field: String,
     /// More `v1-objects` stream prefixes that other services consume (say,
     /// the DynamoDB tables), acknowledged without a warning; the streams
     /// config's streams are always known.
@@ -79,6 +83,7 @@ pub struct V2Config {
     pub timeout: Duration,
     pub mappings_bucket: String,
     pub kv_consumer: String,
+    pub username_field: String,
 }
 
 impl V2Args {
@@ -120,6 +125,9 @@ impl V2Args {
             // Without it, changes made by v2 would be pushed back to v2.
             problems.push("AUTH0_CLIENT_ID is required".into());
         }
+        if self.v1_username_field.trim().is_empty() {
+            problems.push("LFX_SYNC_V1_USERNAME_FIELD must not be empty".into());
+        }
         let timeout = parse_duration(&self.v2_timeout).filter(|t| !t.is_zero());
         if timeout.is_none() {
             problems.push(format!(
@@ -149,7 +157,10 @@ impl V2Args {
                         own_principal: format!("{own}@clients"),
                         skip_notification: self.skip_notification,
                         dry_run: self.dry_run,
+                        // Set by `handler`, which has the objects bucket.
+                        users: None,
                     },
+                    username_field: self.v1_username_field,
                     timeout,
                     mappings_bucket: self.mappings_bucket,
                     kv_consumer: self.kv_consumer,
@@ -173,13 +184,19 @@ impl V2Config {
         known_streams: HashSet<String>,
     ) -> Result<KvHandler, ClientSetupError> {
         let client = V2Client::new(self.signer, self.service_principal, self.timeout)?;
+        let mut settings = self.settings;
+        settings.users = Some(UserDirectory::new(
+            objects.clone(),
+            key_prefix,
+            &self.username_field,
+        ));
         let sync = V2Sync::new(
             client,
             self.projects,
             self.committees,
             MappingStore::new(mappings),
             nats,
-            self.settings,
+            settings,
         );
         Ok(KvHandler::new(
             Arc::new(sync),

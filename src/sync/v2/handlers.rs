@@ -48,6 +48,57 @@ pub struct V2Settings {
     pub skip_notification: bool,
     /// Log every decision and the request it would send; send no write.
     pub dry_run: bool,
+    /// Where v1 user ids are turned into the usernames writes impersonate;
+    /// `None`: every write acts as the service principal.
+    pub users: Option<UserDirectory>,
+}
+
+/// The v1 users, read from the `salesforce-merged_user` stream of
+/// `v1-objects` (the backfill keeps it there, keyed by sfid): the replica of
+/// the v1 database the daemon already reads, so it needs no database
+/// connection of its own.
+#[derive(Debug, Clone)]
+pub struct UserDirectory {
+    objects: kv::Store,
+    key_prefix: String,
+    username_field: String,
+    /// Found usernames; a miss is asked again, as the user may be synced later.
+    known: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+}
+
+/// The stream of v1 users in `v1-objects`.
+pub const USERS_STREAM: &str = "salesforce-merged_user";
+
+impl UserDirectory {
+    pub fn new(objects: kv::Store, key_prefix: &str, username_field: &str) -> Self {
+        Self {
+            objects,
+            key_prefix: key_prefix.to_string(),
+            username_field: username_field.to_string(),
+            known: Arc::default(),
+        }
+    }
+
+    /// The username of a v1 user id, when its user record has one.
+    async fn username(&self, user_id: &str) -> Result<Option<String>, SyncFail> {
+        if let Some(name) = self.known.lock().ok().and_then(|k| k.get(user_id).cloned()) {
+            return Ok(Some(name));
+        }
+        let key = format!("{}{USERS_STREAM}.{user_id}", self.key_prefix);
+        let value = self
+            .objects
+            .get(&key)
+            .await
+            .map_err(|e| SyncFail::Retry(format!("reading {key}: {e}")))?;
+        let name = value
+            .as_deref()
+            .and_then(crate::kv::writer::decode)
+            .and_then(|user| mapping::text(&user, &self.username_field));
+        if let (Some(name), Ok(mut known)) = (&name, self.known.lock()) {
+            known.insert(user_id.to_string(), name.clone());
+        }
+        Ok(name)
+    }
 }
 
 /// A `v1-objects` change: the key (without any key prefix) and what happened.
@@ -151,16 +202,25 @@ impl V2Sync {
             }
             Operation::Delete => None,
         };
+        if !matches!(stream, PROJECTS_STREAM | COMMITTEES_STREAM | MEMBERS_STREAM) {
+            return Ok("other_stream");
+        }
+        let principal = self.write_principal(row).await?;
+        let principal = principal.as_str();
         match stream {
-            PROJECTS_STREAM => self.project(id, row).await,
-            COMMITTEES_STREAM => self.committee(id, row).await,
-            MEMBERS_STREAM => self.member(id, row).await,
-            _ => Ok("other_stream"),
+            PROJECTS_STREAM => self.project(id, row, principal).await,
+            COMMITTEES_STREAM => self.committee(id, row, principal).await,
+            _ => self.member(id, row, principal).await,
         }
     }
 
     /// `row` is `None` for a deletion; `id` is the key's id part (the sfid).
-    async fn project(&self, id: &str, row: Option<&Fields>) -> Result<&'static str, SyncFail> {
+    async fn project(
+        &self,
+        id: &str,
+        row: Option<&Fields>,
+        principal: &str,
+    ) -> Result<&'static str, SyncFail> {
         let sfid_key = keys::project_sfid(id);
         let mapped = self.store.get(&sfid_key).await?;
         let Some(row) = row else {
@@ -211,7 +271,7 @@ impl V2Sync {
                     fields.insert("description".into(), "".into());
                 }
                 let Some(created) = self
-                    .create(&self.projects, "/projects", &fields, &[])
+                    .create(&self.projects, "/projects", &fields, principal, &[])
                     .await?
                 else {
                     return Ok("dry_run");
@@ -220,21 +280,36 @@ impl V2Sync {
                 self.store.put(&sfid_key, &uid).await?;
                 self.store.put(&keys::project_uid(&uid), id).await?;
                 if !change.settings.is_empty() {
-                    self.update(&self.projects, &settings_path(&uid), &change.settings)
-                        .await?;
+                    self.update(
+                        &self.projects,
+                        &settings_path(&uid),
+                        &change.settings,
+                        principal,
+                    )
+                    .await?;
                 }
                 return Ok("created");
             }
         };
         let outcome = self
-            .update(&self.projects, &format!("/projects/{uid}"), &fields)
+            .update(
+                &self.projects,
+                &format!("/projects/{uid}"),
+                &fields,
+                principal,
+            )
             .await?;
         // Settings only when the row carries some: absent ones change nothing.
         let settings = if change.settings.is_empty() {
             "unchanged"
         } else {
-            self.update(&self.projects, &settings_path(&uid), &change.settings)
-                .await?
+            self.update(
+                &self.projects,
+                &settings_path(&uid),
+                &change.settings,
+                principal,
+            )
+            .await?
         };
         Ok(if settings == "updated" {
             "updated"
@@ -243,7 +318,12 @@ impl V2Sync {
         })
     }
 
-    async fn committee(&self, id: &str, row: Option<&Fields>) -> Result<&'static str, SyncFail> {
+    async fn committee(
+        &self,
+        id: &str,
+        row: Option<&Fields>,
+        principal: &str,
+    ) -> Result<&'static str, SyncFail> {
         let sfid_key = keys::committee_sfid(id);
         let mapped = self.store.get(&sfid_key).await?;
         let Some(row) = row else {
@@ -274,14 +354,19 @@ impl V2Sync {
         fields.insert("project_uid".into(), project_uid.into());
         match mapped {
             Mapping::Value(uid) => {
-                self.update(&self.committees, &format!("/committees/{uid}?v=1"), &fields)
-                    .await
+                self.update(
+                    &self.committees,
+                    &format!("/committees/{uid}?v=1"),
+                    &fields,
+                    principal,
+                )
+                .await
             }
             _ => {
                 let mut body = change.create_only.clone();
                 body.extend(fields);
                 let Some(created) = self
-                    .create(&self.committees, "/committees?v=1", &body, &[])
+                    .create(&self.committees, "/committees?v=1", &body, principal, &[])
                     .await?
                 else {
                     return Ok("dry_run");
@@ -299,7 +384,12 @@ impl V2Sync {
         }
     }
 
-    async fn member(&self, id: &str, row: Option<&Fields>) -> Result<&'static str, SyncFail> {
+    async fn member(
+        &self,
+        id: &str,
+        row: Option<&Fields>,
+        principal: &str,
+    ) -> Result<&'static str, SyncFail> {
         let sfid_key = keys::member_sfid(id);
         let mapped = self.store.get(&sfid_key).await?;
         let existing = match &mapped {
@@ -344,6 +434,7 @@ impl V2Sync {
                     &self.committees,
                     &member_path(&committee, &member),
                     &change.fields,
+                    principal,
                 )
                 .await;
         }
@@ -366,6 +457,7 @@ impl V2Sync {
                 &self.committees,
                 &format!("/committees/{committee_uid}/members?v=1"),
                 &body,
+                principal,
                 &[("X-Skip-Notification", skip)],
             )
             .await?
@@ -462,6 +554,7 @@ impl V2Sync {
         service: &Service,
         path: &str,
         body: &Fields,
+        principal: &str,
         headers: &[Header<'_>],
     ) -> Result<Option<Fields>, SyncFail> {
         if self.settings.dry_run {
@@ -471,7 +564,7 @@ impl V2Sync {
         }
         let created = self
             .client
-            .create(service, path, body, self.write_principal(), headers)
+            .create(service, path, body, principal, headers)
             .await?;
         tracing::info!(%path, uid = %created_uid(&created), "created in v2");
         Ok(Some(created))
@@ -483,6 +576,7 @@ impl V2Sync {
         service: &Service,
         path: &str,
         patch: &Fields,
+        principal: &str,
     ) -> Result<&'static str, SyncFail> {
         for _ in 0..CONFLICT_ATTEMPTS {
             let current = self.client.get(service, path).await?;
@@ -496,14 +590,7 @@ impl V2Sync {
             }
             match self
                 .client
-                .update(
-                    service,
-                    path,
-                    &current.etag,
-                    &merged,
-                    self.write_principal(),
-                    &[],
-                )
+                .update(service, path, &current.etag, &merged, principal, &[])
                 .await
             {
                 Ok(()) => return Ok("updated"),
@@ -530,7 +617,14 @@ impl V2Sync {
             }
             match self
                 .client
-                .delete(service, path, &current.etag, self.write_principal(), &[])
+                // No v1 principal comes with a deletion: the sync app deletes.
+                .delete(
+                    service,
+                    path,
+                    &current.etag,
+                    self.client.service_principal(),
+                    &[],
+                )
                 .await
             {
                 Ok(()) | Err(ApiError::NotFound { .. }) => return Ok(()),
@@ -543,10 +637,20 @@ impl V2Sync {
         )))
     }
 
-    /// Writes act as the service principal until v1 user ids are resolved to
-    /// usernames (`salesforce-merged_user`), which SPEC §7.4 allows for now.
-    fn write_principal(&self) -> &str {
-        self.client.service_principal()
+    /// Who a write acts as (SPEC §7.4): the v1 user who last modified the row,
+    /// when `lastmodifiedbyid` is a Salesforce user id with a username in
+    /// `salesforce-merged_user`; else the service principal.
+    async fn write_principal(&self, row: Option<&Fields>) -> Result<String, SyncFail> {
+        let user_id = row
+            .and_then(mapping::last_modified_by)
+            .filter(|id| mapping::is_salesforce_id(id));
+        if let (Some(users), Some(user_id)) = (&self.settings.users, user_id) {
+            if let Some(name) = users.username(&user_id).await? {
+                return Ok(name);
+            }
+            tracing::debug!(%user_id, "no username for the v1 user: writing as the service principal");
+        }
+        Ok(self.client.service_principal().to_string())
     }
 }
 

@@ -384,7 +384,7 @@ fn required(row: &Fields, column: &'static str) -> Result<String, MappingError> 
 }
 
 /// A non-blank string column, as stored.
-fn text(row: &Fields, column: &str) -> Option<String> {
+pub fn text(row: &Fields, column: &str) -> Option<String> {
     match row.get(column)? {
         Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
         _ => None,
