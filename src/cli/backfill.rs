@@ -19,10 +19,15 @@ pub struct BackfillArgs {
     #[arg(long, env = "LFX_SYNC_CONFIG")]
     config: PathBuf,
     /// Read every row, ignoring stored bookmarks; a fresh bookmark is stored.
-    #[arg(long)]
+    #[arg(long, env = "LFX_SYNC_FULL")]
     full: bool,
     /// Only these streams (`<schema>-<table>`, or a DynamoDB table name); repeatable. Default: all configured.
-    #[arg(long = "stream", value_name = "NAME")]
+    #[arg(
+        long = "stream",
+        value_name = "NAME",
+        env = "LFX_SYNC_STREAMS",
+        value_delimiter = ','
+    )]
     streams: Vec<String>,
     /// Which of the configured sources to read.
     #[arg(long, value_enum, env = "LFX_SYNC_SOURCE", default_value = "all")]
@@ -36,16 +41,16 @@ pub struct BackfillArgs {
     #[arg(long, env = "LFX_SYNC_BUCKET")]
     bucket: Option<String>,
     /// Create the bucket when it does not exist.
-    #[arg(long)]
+    #[arg(long, env = "LFX_SYNC_CREATE_BUCKETS")]
     create_buckets: bool,
     /// Read and decide, but write neither records nor bookmarks.
-    #[arg(long)]
+    #[arg(long, env = "LFX_SYNC_DRY_RUN")]
     dry_run: bool,
     /// Also re-write equal timestamps (same) or everything but soft deletions (full).
     #[arg(long, env = "LFX_SYNC_REFRESH_MODE", default_value = "newer", value_parser = parse_refresh_mode)]
     refresh_mode: RefreshMode,
     /// Print the run report on stdout as one JSON object.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "LFX_SYNC_REPORT")]
     report: Option<ReportFormat>,
     /// PostgreSQL URL (overrides the config's).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -57,10 +62,10 @@ pub struct BackfillArgs {
     #[arg(long, env = "LFX_SYNC_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=16384))]
     in_flight: u32,
     /// Checkpoint the bookmark at least every N records.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "LFX_SYNC_CHECKPOINT_EVERY", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_every: u64,
     /// No progress bars, even on a terminal.
-    #[arg(long, short)]
+    #[arg(long, short, env = "LFX_SYNC_QUIET")]
     quiet: bool,
 }
 
