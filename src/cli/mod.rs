@@ -33,7 +33,8 @@ enum Command {
     /// Singer target: load Singer messages from stdin into the bucket.
     #[command(name = "target-nats-kv")]
     TargetNatsKv(target::TargetArgs),
-    /// The daemon: live WAL ingest from wal-listener into the bucket.
+    /// The daemon: live WAL ingest into the bucket, and the push of bucket
+    /// changes to the v2 project and committee services.
     Sync(sync::SyncArgs),
 }
 

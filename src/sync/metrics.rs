@@ -14,7 +14,7 @@ const BUCKETS: [f64; 18] = [
     120.0, 300.0,
 ];
 
-/// A Prometheus histogram with the fixed [`BUCKETS`].
+/// A Prometheus histogram with fixed bucket bounds (`BUCKETS`).
 pub struct Histogram {
     /// One count per bucket plus the `+Inf` overflow, not cumulative.
     counts: [AtomicU64; BUCKETS.len() + 1],
