@@ -27,7 +27,7 @@ pub enum NatsError {
 
 pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, NatsError> {
     let fail = |reason: String| NatsError::Connect {
-        url: settings.url.clone(),
+        url: redact(&settings.url),
         reason,
     };
     let mut options = match &settings.creds {
@@ -60,6 +60,20 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Nats
     .await
     .map_err(|_| fail("no answer within 10 s".to_string()))??;
     Ok(client)
+}
+
+/// A server URL for messages: any `user:password@` in it is hidden.
+fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|server| match (server.find("://"), server.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***@{}", &server[..scheme + 3], &server[at + 1..])
+            }
+            (None, Some(at)) => format!("***@{}", &server[at + 1..]),
+            _ => server.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Opens a KV bucket; a missing one is an error unless `create` is set.
@@ -104,5 +118,24 @@ pub async fn open_bucket(
         true => Err(NatsError::MissingBucket {
             bucket: bucket.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_in_urls_are_hidden() {
+        assert_eq!(redact("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            redact("nats://me:s3cret@nats.internal:4222"),
+            "nats://***@nats.internal:4222"
+        );
+        assert_eq!(redact("tok3n@nats:4222"), "***@nats:4222");
+        assert_eq!(
+            redact("nats://a:b@h1:4222,nats://h2:4222"),
+            "nats://***@h1:4222,nats://h2:4222"
+        );
     }
 }
