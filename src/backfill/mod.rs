@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::kv::key::{self, InvalidKey};
 use crate::kv::{Completion, Counters, GuardedWriter, WriteQueue, WriteRequest};
 use crate::source::{Source, SourceError, StreamSpec};
-use crate::state::{SingerState, StateBackend, StateError};
+use crate::state::{SingerState, StateBackend, StateDocument, StateError};
 
 pub use progress::Progress;
 pub use report::{RunReport, StreamReport};
@@ -82,13 +82,14 @@ pub async fn run(
         report.seconds = started.elapsed().as_secs_f64();
         Box::new(Interrupted { error, report })
     };
-    let mut doc = match state.load().await {
+    let doc = match state.load().await {
         Ok(doc) => doc.unwrap_or_default(),
         Err(e) => return Err(interrupt(e.into(), report)),
     };
     let mut checkpoint = Checkpointer {
         state,
         current: doc.effective(),
+        doc,
         enabled: !settings.dry_run,
     };
     for (index, spec) in source.streams().iter().enumerate() {
@@ -118,9 +119,10 @@ pub async fn run(
         }
     }
     if !settings.dry_run {
+        let doc = &mut checkpoint.doc;
         doc.completed = checkpoint.current.clone();
         doc.partial = None;
-        if let Err(e) = state.store(&doc).await {
+        if let Err(e) = state.store(doc).await {
             return Err(interrupt(e.into(), report));
         }
     }
@@ -131,6 +133,9 @@ pub async fn run(
 /// Writes the run's bookmarks as Meltano's partial state while it goes.
 struct Checkpointer<'a> {
     state: &'a dyn StateBackend,
+    /// The document as loaded at the start; the run holds the state id's
+    /// lock, so it is not read again (a change underneath fails the store).
+    doc: StateDocument,
     current: SingerState,
     enabled: bool,
 }
@@ -145,9 +150,8 @@ impl Checkpointer<'_> {
             return Ok(());
         }
         // Partial state is what Meltano resumes from after an interrupted run.
-        let mut doc = self.state.load().await?.unwrap_or_default();
-        doc.partial = Some(self.current.clone());
-        self.state.store(&doc).await
+        self.doc.partial = Some(self.current.clone());
+        self.state.store(&self.doc).await
     }
 }
 
