@@ -150,6 +150,19 @@ pub async fn js() -> (async_nats::Client, jetstream::Context) {
     (client, js)
 }
 
+/// A WAL stream as wal-listener creates it (`<name>.*`), under a unique name.
+pub async fn new_wal_stream(js: &jetstream::Context) -> String {
+    let wal = unique("wal");
+    js.create_stream(jetstream::stream::Config {
+        name: wal.clone(),
+        subjects: vec![format!("{wal}.*")],
+        ..Default::default()
+    })
+    .await
+    .expect("create WAL stream");
+    wal
+}
+
 pub async fn new_bucket(js: &jetstream::Context, max_value_size: i32) -> (String, kv::Store) {
     let name = unique("t");
     let store = js

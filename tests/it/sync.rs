@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -39,14 +39,7 @@ impl Setup {
     async fn on(nats_url: &str, streams_config: PathBuf) -> Setup {
         let client = async_nats::connect(nats_url).await.expect("connect NATS");
         let js = jetstream::new(client.clone());
-        let wal = unique("wal");
-        js.create_stream(stream::Config {
-            name: wal.clone(),
-            subjects: vec![format!("{wal}.*")],
-            ..Default::default()
-        })
-        .await
-        .expect("create WAL stream");
+        let wal = new_wal_stream(&js).await;
         let bucket = unique("v1");
         let store = js
             .create_key_value(kv::Config {

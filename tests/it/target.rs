@@ -22,9 +22,9 @@ fn config_file(dir: &Path, settings: Value) -> PathBuf {
     path
 }
 
-/// Runs the target with `input` on stdin.
-async fn run_target(config: &Path, input: &[u8]) -> Output {
-    let mut child = tokio::process::Command::new(target_bin())
+/// Starts the target on `config`, every stream piped; only the config counts.
+fn spawn_target(config: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(target_bin())
         .arg("--config")
         .arg(config)
         .env_remove("NATS_URL")
@@ -33,7 +33,12 @@ async fn run_target(config: &Path, input: &[u8]) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs the target with `input` on stdin.
+async fn run_target(config: &Path, input: &[u8]) -> Output {
+    let mut child = spawn_target(config);
     let mut stdin = child.stdin.take().unwrap();
     let input = input.to_vec();
     let feed = tokio::spawn(async move {
@@ -360,14 +365,7 @@ async fn a_nats_restart_mid_stream_loses_nothing() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(dir.path(), json!({"url": nats.url(), "bucket": "restart"}));
-    let mut child = tokio::process::Command::new(target_bin())
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_target(&config);
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = vec![SCHEMA.to_string()];
     for i in 0..RECORDS {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::kv;
 use lfx_sync::sync::v2::auth::Signer;
 use lfx_sync::sync::v2::handlers::{KvChange, Operation};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -81,14 +81,7 @@ async fn the_daemon_pushes_bucket_changes_to_v2() {
     let (client, js) = common::js().await;
     let _responder = root_responder(&client).await;
 
-    let wal = unique("wal");
-    js.create_stream(stream::Config {
-        name: wal.clone(),
-        subjects: vec![format!("{wal}.*")],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let wal = common::new_wal_stream(&js).await;
     let (objects_name, objects) = common::new_bucket(&js, 1 << 20).await;
     let mappings_name = unique("mappings");
     let rows = rows();
